@@ -1,0 +1,41 @@
+"""Pure diffusion math: schedules, the forward process, samplers. Imports torch only.
+
+    from pokediff.diffusion import NoiseSchedule, q_sample, sample
+    sched = NoiseSchedule("cosine", timesteps=1000)
+    x_t = q_sample(sched, x0, t, noise)
+    x0_hat = sample(model, sched, shape=(16, 3, 64, 64), sampler="ddim", steps=50, eta=0.0,
+                    prediction="eps", generator=g)
+"""
+
+from pokediff.diffusion.forward import (
+    PREDICTIONS,
+    diffusion_loss,
+    from_x0_eps,
+    min_snr_weight,
+    q_sample,
+    q_step_sample,
+    to_x0_eps,
+    training_target,
+)
+from pokediff.diffusion.samplers import (
+    SAMPLERS,
+    SPACINGS,
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverPP2MSampler,
+    Sampler,
+    StepOutput,
+    make_sampler,
+    make_timesteps,
+    sample,
+)
+from pokediff.diffusion.schedules import SCHEDULES, NoiseSchedule, extract, make_betas
+
+__all__ = [
+    "PREDICTIONS", "SAMPLERS", "SCHEDULES", "SPACINGS",
+    "NoiseSchedule", "make_betas", "extract",
+    "q_sample", "q_step_sample", "training_target", "to_x0_eps", "from_x0_eps",
+    "min_snr_weight", "diffusion_loss",
+    "Sampler", "StepOutput", "DDPMSampler", "DDIMSampler", "DPMSolverPP2MSampler",
+    "make_sampler", "make_timesteps", "sample",
+]

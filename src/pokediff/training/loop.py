@@ -1,0 +1,345 @@
+"""The training loop: MSE on the network's prediction at random timesteps (DDPM Algorithm 1).
+
+One step, for a global batch of B images (uint8 (N, 3, R, R) dataset held on the training device):
+
+    x0    = images[idx] / 127.5 - 1, randomly flipped       (B, 3, R, R) in [-1, 1]
+    t     ~ U{0, ..., T-1}                                  (B,)
+    noise ~ N(0, I)                                         (B, 3, R, R)
+    x_t   = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise        q(x_t | x0)
+    loss  = mean_b  w_b * || model(x_t, t) - target ||^2    target: eps, v or x0
+
+then gradient clipping, AdamW with warm-up + cosine LR, and an EMA update.
+
+Reproducibility and resume: every random draw comes from one seeded generator on the device (and
+dropout from torch's global RNG); both states go into each checkpoint, so a resumed run replays the
+uninterrupted run's batches exactly. Host syncs happen only every ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
+from pokediff.diffusion import NoiseSchedule, diffusion_loss, min_snr_weight, q_sample, training_target
+from pokediff.models import UNet
+from pokediff.training import distributed as ddp
+from pokediff.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    atomic_torch_save,
+    load_file,
+    model_file_payload,
+)
+from pokediff.training.ema import EMA
+from pokediff.training.lr import warmup_cosine
+
+LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "images_per_second"]
+
+# on_log(step, {"loss": ..., "lr": ..., "grad_norm": ..., "images_per_second": ...})
+LogCallback = Callable[[int, dict[str, float]], None]
+# evaluate(ema_model, step) -> metrics (e.g. FID on a few samples); runs on the main rank only
+EvalCallback = Callable[[nn.Module, int], dict[str, float]]
+
+
+class NonFiniteLossError(RuntimeError):
+    def __init__(self, step: int, checkpoint: Path | None):
+        self.step, self.checkpoint = step, checkpoint
+        where = f"; the last good state is in {checkpoint}" if checkpoint else ""
+        super().__init__(
+            f"training stopped: the loss became non-finite (NaN or inf) at step {step}{where}. "
+            "Lower train.lr, enable train.grad_clip, or use train.precision=fp32."
+        )
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimizer steps completed
+    checkpoint: Path  # training checkpoint (resumable)
+    model_file: Path  # EMA weights + configs, for sampling
+    log_file: Path
+    losses: list[float] = field(default_factory=list)  # per step, every step of this run (1-based order)
+    images_per_second: float = float("nan")
+    resumed_from: int = 0
+    seconds: float = 0.0
+
+
+def resolve_device(requested: str | None = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _check_resumable(ckpt: dict, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, path: Path) -> None:
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: a model file, not a training checkpoint; cannot resume from it")
+    saved = {"model": ckpt["config"]["model"], "diffusion": ckpt["config"]["diffusion"]}
+    wanted = {"model": model_cfg.model_dump(mode="json"), "diffusion": diffusion_cfg.model_dump(mode="json")}
+    diffs = [
+        f"{section}.{key}: checkpoint {saved[section].get(key)!r} vs params {value!r}"
+        for section, values in wanted.items()
+        for key, value in values.items()
+        if saved[section].get(key) != value
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"{path}: cannot resume, the model/diffusion config differs from the checkpoint's:\n  "
+            + "\n  ".join(diffs)
+            + "\nStart a fresh run (without --resume) or restore the original params."
+        )
+
+
+class _LogWriter:
+    """train_log.csv: one row per logged step; on resume, rows after the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        rows = []
+        if resume_step > 0 and path.exists():
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=LOG_FIELDS).writerow({k: row[k] for k in LOG_FIELDS})
+
+
+def train(
+    images: torch.Tensor,
+    model_cfg: ModelConfig,
+    diffusion_cfg: DiffusionConfig,
+    train_cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    on_log: LogCallback | None = None,
+    evaluate: EvalCallback | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a U-Net on ``images`` (uint8 (N, 3, R, R)) and write checkpoints under ``out_dir``.
+
+    resume:      continue from out_dir/checkpoints/last.pt if it exists (else start fresh).
+    stop_after:  stop after this many optimizer steps of *this* call, as if killed (tests, time limits);
+                 no final checkpoint is written, so resume starts from the last periodic one.
+    """
+    t_start = time.perf_counter()
+    device = resolve_device(str(device) if device else None)
+    info = ddp.init_from_env(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    model_path = out_dir / "model.pt"
+
+    _validate_images(images, model_cfg)
+    if train_cfg.batch_size % info.world_size:
+        raise ValueError(
+            f"train.batch_size ({train_cfg.batch_size}) must be divisible by the number of processes "
+            f"({info.world_size})"
+        )
+
+    # ---- state: model, EMA, optimizer, LR schedule, RNGs
+    torch.manual_seed(train_cfg.seed)
+    model = UNet(model_cfg).to(device)
+    if train_cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = EMA(model, train_cfg.ema_decay, train_cfg.ema_warmup) if info.is_main else None
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay,
+        fused=device.type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: warmup_cosine(s, train_cfg.steps, train_cfg.warmup_steps, train_cfg.min_lr_ratio),
+    )
+    generator = torch.Generator(device=device).manual_seed(train_cfg.seed)
+
+    start_step = 0
+    if resume and ckpt_path.exists():
+        ckpt = load_file(ckpt_path, map_location=device)
+        _check_resumable(ckpt, model_cfg, diffusion_cfg, ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+        _set_rng_state(ckpt["rng"], generator, device)
+        start_step = int(ckpt["step"])
+        del ckpt
+
+    raw_model = model
+    if info.enabled:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_model = torch.compile(model) if train_cfg.compile else model
+
+    sched = NoiseSchedule(diffusion_cfg.schedule, diffusion_cfg.timesteps)
+    data = images.to(device)  # the whole (small) dataset lives on the device: no loader, no host copies
+    log = _LogWriter(out_dir / "train_log.csv", start_step, info.is_main)
+
+    def save_checkpoint(step: int) -> Path:
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "model": raw_model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": scheduler.state_dict(),
+            "rng": _rng_state(generator, device),
+            "config": {
+                "model": model_cfg.model_dump(mode="json"),
+                "diffusion": diffusion_cfg.model_dump(mode="json"),
+                "train": train_cfg.model_dump(mode="json"),
+            },
+            "torch_version": torch.__version__,
+        }
+        return atomic_torch_save(payload, ckpt_path)
+
+    # ---- the loop
+    B, T = train_cfg.batch_size, diffusion_cfg.timesteps
+    end_step = train_cfg.steps if stop_after is None else min(train_cfg.steps, start_step + stop_after)
+    pending: list[torch.Tensor] = []  # per-step losses (device scalars) since the last host sync
+    all_losses: list[float] = []
+    grad_norm = torch.zeros((), device=device)
+    window_start, window_images = time.perf_counter(), 0
+    last_ips = float("nan")
+    bar = _progress_bar(start_step, train_cfg.steps, progress and info.is_main)
+
+    model.train()
+    step = start_step
+    while step < end_step:
+        # Global batch, identical on every rank; each rank keeps its shard.
+        idx = torch.randint(data.shape[0], (B,), generator=generator, device=device)
+        flip = torch.rand(B, generator=generator, device=device) < 0.5
+        t = torch.randint(T, (B,), generator=generator, device=device)
+        noise = torch.randn((B, *data.shape[1:]), generator=generator, device=device)
+        idx, flip, t, noise = (ddp.shard(v, info) for v in (idx, flip, t, noise))
+
+        x0 = data[idx].float().div_(127.5).sub_(1.0)  # uint8 -> [-1, 1], (b, 3, R, R)
+        if train_cfg.hflip:
+            x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+        x_t = q_sample(sched, x0, t, noise)
+        target = training_target(sched, diffusion_cfg.prediction, x0, t, noise)
+        if train_cfg.channels_last:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        weights = None
+        if diffusion_cfg.loss_weighting == "min_snr":
+            weights = min_snr_weight(sched, t, diffusion_cfg.prediction, diffusion_cfg.min_snr_gamma)
+
+        with _autocast(device, train_cfg.precision):
+            output = step_model(x_t, t)
+        loss = diffusion_loss(output, target, weights)
+
+        if device.type == "cpu" and not torch.isfinite(loss):
+            # Checked every step on CPU, where reading a scalar costs nothing. The parameters still hold
+            # the state after `step` updates (this loss has not been applied): save it, then stop.
+            raise NonFiniteLossError(step + 1, save_checkpoint(step) if info.is_main else None)
+
+        loss.backward()
+        if train_cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), train_cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if ema is not None:
+            ema.update(raw_model, step)
+        step += 1
+        pending.append(loss.detach())
+        window_images += B
+
+        if step % train_cfg.log_every == 0 or step == end_step:
+            losses = ddp.mean_across_ranks(torch.stack(pending), info).tolist()  # one host sync
+            bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
+            if bad:  # on GPU: found at the sync; the last periodic checkpoint predates it
+                raise NonFiniteLossError(step - len(losses) + bad[0] + 1, ckpt_path if ckpt_path.exists() else None)
+            all_losses.extend(losses)
+            pending.clear()
+            now = time.perf_counter()
+            last_ips = window_images / max(now - window_start, 1e-9)
+            window_start, window_images = now, 0
+            row = {"step": step, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": float(grad_norm), "images_per_second": last_ips}
+            log.write(row)
+            if on_log is not None and info.is_main:
+                on_log(step, {k: v for k, v in row.items() if k != "step"})
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}", img_s=f"{last_ips:.1f}")
+
+        if info.is_main and step % train_cfg.checkpoint_every == 0 and step < end_step:
+            save_checkpoint(step)
+        if evaluate is not None and info.is_main and train_cfg.eval_every and step % train_cfg.eval_every == 0:
+            metrics = evaluate(ema.model, step)
+            if on_log is not None and metrics:
+                on_log(step, metrics)
+
+    bar.close()
+    if stop_after is None or step >= train_cfg.steps:
+        if info.is_main:
+            save_checkpoint(step)
+            atomic_torch_save(
+                model_file_payload(raw_model.state_dict(), ema.state_dict(), model_cfg, diffusion_cfg, step),
+                model_path,
+            )
+    ddp.barrier(info)
+    return TrainResult(
+        step=step, checkpoint=ckpt_path, model_file=model_path, log_file=out_dir / "train_log.csv",
+        losses=all_losses, images_per_second=last_ips, resumed_from=start_step,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def _validate_images(images: torch.Tensor, model_cfg: ModelConfig) -> None:
+    want = (model_cfg.in_channels, model_cfg.resolution, model_cfg.resolution)
+    if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != want:
+        raise ValueError(
+            f"training images must be a uint8 tensor of shape (N, {want[0]}, {want[1]}, {want[2]}) "
+            f"(model.in_channels, model.resolution); got {images.dtype} {tuple(images.shape)}"
+        )
+    if images.shape[0] == 0:
+        raise ValueError("training images: the dataset is empty")
+
+
+def _progress_bar(start: int, total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True,
+                desc="train")
