@@ -171,9 +171,16 @@ class SampleConfig(_Section):
 
 
 class ScoreConfig(_Section):
-    num_samples: int = Field(2048, ge=2)
-    batch_size: int = Field(64, ge=1)
-    kid_subset_size: int = Field(100, ge=2)
+    """FID / KID / memorisation scoring (pokediff.evaluation; stages ref-stats, score, fid)."""
+
+    num_samples: int = Field(2048, ge=2)  # at most this many sample images are scored
+    batch_size: int = Field(16, ge=1)  # Inception batch; 8-16 is fastest on a 2-core CPU, use 64+ on GPU
+    kid_subset_size: int = Field(100, ge=2)  # clipped to the smaller set
+    kid_subsets: int = Field(100, ge=1)
+    ref_max_images: int = Field(0, ge=0)  # fixed-seed random subset of the training images; 0 = all
+    ref_stats: str = "outputs/ref_stats/ref_stats.npz"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # auto = cuda if available
+    seed: int = 0  # reference subset and KID subset draws
     out_dir: str = "outputs/score"
 
 
@@ -257,13 +264,17 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any])
 def _format_errors(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        key = ".".join(str(p) for p in err["loc"])
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see params.yaml for the known keys)"
-        lines.append(f"{source}: {key}: {message}{shown}")
+        if not key or isinstance(got, dict):  # a cross-field rule: its message names the keys
+            key_part = f"{key}: " if key else ""
+            lines.append(f"{source}: {key_part}{message}")
+        else:
+            lines.append(f"{source}: {key}: {message}{shown}")
     return "invalid parameters:\n  " + "\n  ".join(lines)
 
 

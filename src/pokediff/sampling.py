@@ -1,0 +1,91 @@
+"""Batch generation glue: load a trained model (file or MLflow registry) and write sample images.
+
+The math lives in pokediff.diffusion; this module only batches, seeds, converts and saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pokediff.config import DiffusionConfig, SampleConfig
+from pokediff.diffusion import NoiseSchedule, make_sampler, sample
+from pokediff.imaging import make_grid, save_grid, save_png, save_pngs, to_uint8
+
+
+@dataclass
+class Generated:
+    images: torch.Tensor  # uint8 (N, C, R, R), on CPU
+    steps: int
+    spacing: str
+    paths: list[Path]
+
+
+def load_for_sampling(checkpoint: str | None = None, model_uri: str | None = None, *, use_ema: bool = True,
+                      device: str | None = None) -> tuple[nn.Module, DiffusionConfig, str]:
+    """(model in eval mode on device, its diffusion config, a description of where it came from)."""
+    from pokediff.training import load_model, resolve_device
+
+    dev = resolve_device(device)
+    if model_uri:
+        from pokediff.tracking import load_registered_model
+
+        path = load_registered_model(model_uri)
+        model, _, diffusion_cfg, step = load_model(path, use_ema=use_ema, device=dev)
+        return model, diffusion_cfg, f"{model_uri} (step {step})"
+    if not checkpoint:
+        raise ValueError("give a checkpoint path or a model URI")
+    model, _, diffusion_cfg, step = load_model(checkpoint, use_ema=use_ema, device=dev)
+    return model, diffusion_cfg, f"{checkpoint} (step {step})"
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, cfg: SampleConfig, *, steps: int | None,
+             images_dir: str | Path | None = None, grid_path: str | Path | None = None,
+             strip_path: str | Path | None = None, grid_max: int = 64) -> Generated:
+    """Generate cfg.num_images images in batches of cfg.batch_size, reproducibly from cfg.seed.
+
+    One CPU generator feeds every batch, so the images do not depend on the device. Optionally writes
+    the PNGs, a grid of the first ``grid_max`` and a strip of x0 estimates along the first trajectory."""
+    device = next(model.parameters()).device
+    sched = NoiseSchedule(diffusion_cfg.schedule, diffusion_cfg.timesteps)
+    sampler = make_sampler(cfg.sampler, sched, steps, eta=cfg.eta, prediction=diffusion_cfg.prediction,
+                           clip_x0=cfg.clip_x0, spacing=cfg.spacing)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    res, ch = model.config.resolution, model.config.in_channels
+
+    strip_frames: list[torch.Tensor] = []
+    keep = set(torch.linspace(0, len(sampler) - 1, min(10, len(sampler))).round().long().tolist())
+
+    def record(i, t, x_t, pred_x0):
+        if i in keep:
+            strip_frames.append(to_uint8(x_t[:8]).cpu())
+
+    batches, paths, done = [], [], 0
+    with _autocast(device):
+        while done < cfg.num_images:
+            n = min(cfg.batch_size, cfg.num_images - done)
+            x = sample(model, sched, (n, ch, res, res), sampler, generator=generator,
+                       callback=record if (done == 0 and strip_path) else None)
+            images = to_uint8(x).cpu()
+            if images_dir is not None:
+                paths += save_pngs(images, images_dir, start=done)
+            batches.append(images)
+            done += n
+    images = torch.cat(batches)
+    if grid_path is not None:
+        save_grid(images[:grid_max], grid_path)
+    if strip_path is not None and strip_frames:
+        # rows: images, columns: time from noise to data
+        frames = torch.stack(strip_frames, dim=1)  # (k, F, C, R, R)
+        save_png(make_grid(frames.flatten(0, 1), ncols=frames.shape[1]), strip_path)
+    return Generated(images, len(sampler), sampler.spacing, paths)
