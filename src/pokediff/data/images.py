@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,15 @@ def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
         )
 
 
+def _check_complete(image_format: str | None, data: bytes) -> None:
+    """Catch truncation Pillow forgives: a cut GIF decodes as a shorter animation, and a PNG cut
+    after its last pixel chunk decodes fine. Both formats end with a fixed marker."""
+    if image_format == "GIF" and not data.endswith(b"\x3b"):
+        raise BadImageError("truncated GIF: the file does not end with the GIF trailer byte")
+    if image_format == "PNG" and data.rfind(b"IEND") < 0:
+        raise BadImageError("truncated PNG: no IEND chunk")
+
+
 def decode_raster(data: bytes, *, frames_per_animation: int, max_pixels: int) -> list[Frame]:
     """PNG/JPEG/WebP/GIF bytes -> RGBA frames (`frames_per_animation` spread over an animation).
 
@@ -91,12 +101,18 @@ def decode_raster(data: bytes, *, frames_per_animation: int, max_pixels: int) ->
     if not data:
         raise BadImageError("empty file (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_PIL_FORMATS)
+        with warnings.catch_warnings():
+            # Pillow warns above its own limit; ours (max_pixels) is checked right below instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_PIL_FORMATS)
     except Image.UnidentifiedImageError:
         raise BadImageError("not an image Pillow can identify (PNG/JPEG/WebP/GIF)") from None
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(f"declared size exceeds the limit of Pillow, not decoded: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the file
         raise BadImageError(f"unreadable image header: {type(exc).__name__}: {exc}") from None
     check_pixel_limit(image.width, image.height, max_pixels)
+    _check_complete(image.format, data)
     n_frames = int(getattr(image, "n_frames", 1) or 1)
     out: list[Frame] = []
     try:

