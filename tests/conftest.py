@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny configurations that keep CPU tests fast."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+from helpers import tiny_model_config  # noqa: E402  (tests/ is on sys.path: pyproject pythonpath)
+
+
+@pytest.fixture
+def tiny_model_cfg():
+    return tiny_model_config()
+
+
+@pytest.fixture
+def gaussian_oracle():
+    """The optimal noise predictor for data x0 ~ N(mu, s^2 I), in any parameterisation.
+
+    E[eps | x_t] = sqrt(1 - abar) (x_t - sqrt(abar) mu) / (abar s^2 + 1 - abar): the posterior mean of
+    the noise when x_t = sqrt(abar) x0 + sqrt(1 - abar) eps with both terms Gaussian."""
+    from pokediff.diffusion import from_x0_eps
+
+    def make(sched, mu: float, s: float, prediction: str = "eps"):
+        def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            abar = sched.table("alphas_cumprod", x_t.device, torch.float64)[t].view(-1, *[1] * (x_t.ndim - 1))
+            alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+            eps = sigma * (x_t.double() - alpha * mu) / (abar * s**2 + 1 - abar)
+            x0 = (x_t.double() - sigma * eps) / alpha
+            return from_x0_eps(prediction, x0, eps, alpha, sigma).to(x_t.dtype)
+
+        return model
+
+    return make
