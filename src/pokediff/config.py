@@ -107,7 +107,7 @@ class ModelConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _resolution_divides(self) -> "ModelConfig":
+    def _resolution_divides(self) -> ModelConfig:
         factor = 2 ** (len(self.channel_mults) - 1)
         if self.resolution % factor:
             raise ValueError(
@@ -151,7 +151,7 @@ class TrainConfig(_Section):
     out_dir: str = "outputs/train"
 
     @model_validator(mode="after")
-    def _warmup_fits(self) -> "TrainConfig":
+    def _warmup_fits(self) -> TrainConfig:
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
         return self
@@ -198,7 +198,7 @@ class Params(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _cross_section(self) -> "Params":
+    def _cross_section(self) -> Params:
         if self.sample.steps > self.diffusion.timesteps:
             raise ValueError(
                 f"sample.steps ({self.sample.steps}) must not exceed diffusion.timesteps "

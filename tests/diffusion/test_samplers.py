@@ -114,7 +114,7 @@ def test_timesteps_are_distinct_descending_and_in_range(spacing, schedule):
         ts = make_timesteps(sched, steps, spacing)
         assert len(ts) == steps
         assert all(a > b for a, b in zip(ts, ts[1:])), (spacing, steps, ts[:10])
-        assert 0 <= ts[-1] and ts[0] <= 999
+        assert ts[-1] >= 0 and ts[0] <= 999
     assert make_timesteps(sched, 1000, spacing) == list(range(999, -1, -1))
 
 

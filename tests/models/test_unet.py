@@ -1,10 +1,9 @@
 import pytest
 import torch
 
+from helpers import tiny_model_config
 from pokediff.config import ModelConfig
 from pokediff.models import UNet, count_parameters, timestep_embedding
-
-from helpers import tiny_model_config
 
 
 def _randomise_zero_inits(model: torch.nn.Module) -> None:
@@ -76,5 +75,6 @@ def test_timestep_embedding_is_sinusoidal():
 
 
 def test_bad_model_config_names_the_problem():
-    with pytest.raises(ValueError, match="resolution 20 must be divisible by 2\\*\\*\\(len\\(channel_mults\\)-1\\) = 8"):
+    expected = r"resolution 20 must be divisible by 2\*\*\(len\(channel_mults\)-1\) = 8"
+    with pytest.raises(ValueError, match=expected):
         ModelConfig(resolution=20, channel_mults=(1, 2, 2, 2))

@@ -3,6 +3,7 @@ import csv
 import pytest
 import torch
 
+from helpers import tiny_model_config
 from pokediff.config import DiffusionConfig, TrainConfig
 from pokediff.training import (
     EMA,
@@ -14,8 +15,6 @@ from pokediff.training import (
     train,
     warmup_cosine,
 )
-
-from helpers import tiny_model_config
 
 
 def _images(n=4, res=16):

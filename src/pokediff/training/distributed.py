@@ -30,11 +30,14 @@ class DistInfo:
         return self.rank == 0
 
 
+SINGLE_PROCESS = DistInfo()
+
+
 def init_from_env(device_type: str) -> DistInfo:
     """Join the process group torchrun described in the environment (no-op for a single process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistInfo()
+        return SINGLE_PROCESS
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"

@@ -17,7 +17,6 @@ uninterrupted run's batches exactly. Host syncs happen only every ``log_every`` 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import time
@@ -27,10 +26,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
-from pokediff.diffusion import NoiseSchedule, diffusion_loss, min_snr_weight, q_sample, training_target
 from pokediff.models import UNet
 from pokediff.training import distributed as ddp
 from pokediff.training.checkpoint import (
@@ -40,8 +37,7 @@ from pokediff.training.checkpoint import (
     load_file,
     model_file_payload,
 )
-from pokediff.training.ema import EMA
-from pokediff.training.lr import warmup_cosine
+from pokediff.training.step import TrainStep, draw_batch
 
 LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "images_per_second"]
 
@@ -77,13 +73,6 @@ def resolve_device(requested: str | None = None) -> torch.device:
     if requested:
         return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _autocast(device: torch.device, precision: str):
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
@@ -178,41 +167,28 @@ def train(
             f"({info.world_size})"
         )
 
-    # ---- state: model, EMA, optimizer, LR schedule, RNGs
+    # ---- state: model, optimizer, LR schedule, EMA (rank 0), RNGs
     torch.manual_seed(train_cfg.seed)
     model = UNet(model_cfg).to(device)
     if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ema = EMA(model, train_cfg.ema_decay, train_cfg.ema_warmup) if info.is_main else None
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay,
-        fused=device.type == "cuda",
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: warmup_cosine(s, train_cfg.steps, train_cfg.warmup_steps, train_cfg.min_lr_ratio),
-    )
     generator = torch.Generator(device=device).manual_seed(train_cfg.seed)
 
-    start_step = 0
+    start_step, resume_state = 0, None
     if resume and ckpt_path.exists():
-        ckpt = load_file(ckpt_path, map_location=device)
-        _check_resumable(ckpt, model_cfg, diffusion_cfg, ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
-        _set_rng_state(ckpt["rng"], generator, device)
-        start_step = int(ckpt["step"])
-        del ckpt
+        resume_state = load_file(ckpt_path, map_location=device)
+        _check_resumable(resume_state, model_cfg, diffusion_cfg, ckpt_path)
+        model.load_state_dict(resume_state["model"])
+    trainer = TrainStep(model, diffusion_cfg, train_cfg, device, info, with_ema=info.is_main)
+    if resume_state is not None:
+        trainer.optimizer.load_state_dict(resume_state["optimizer"])
+        trainer.scheduler.load_state_dict(resume_state["lr_scheduler"])
+        if trainer.ema is not None:
+            trainer.ema.load_state_dict(resume_state["ema"])
+        _set_rng_state(resume_state["rng"], generator, device)
+        start_step = int(resume_state["step"])
+        resume_state = None
 
-    raw_model = model
-    if info.enabled:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    step_model = torch.compile(model) if train_cfg.compile else model
-
-    sched = NoiseSchedule(diffusion_cfg.schedule, diffusion_cfg.timesteps)
     data = images.to(device)  # the whole (small) dataset lives on the device: no loader, no host copies
     log = _LogWriter(out_dir / "train_log.csv", start_step, info.is_main)
 
@@ -220,10 +196,10 @@ def train(
         payload = {
             "format": CHECKPOINT_FORMAT,
             "step": step,
-            "model": raw_model.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": scheduler.state_dict(),
+            "model": model.state_dict(),
+            "ema": trainer.ema.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "lr_scheduler": trainer.scheduler.state_dict(),
             "rng": _rng_state(generator, device),
             "config": {
                 "model": model_cfg.model_dump(mode="json"),
@@ -235,56 +211,26 @@ def train(
         return atomic_torch_save(payload, ckpt_path)
 
     # ---- the loop
-    B, T = train_cfg.batch_size, diffusion_cfg.timesteps
     end_step = train_cfg.steps if stop_after is None else min(train_cfg.steps, start_step + stop_after)
     pending: list[torch.Tensor] = []  # per-step losses (device scalars) since the last host sync
     all_losses: list[float] = []
-    grad_norm = torch.zeros((), device=device)
     window_start, window_images = time.perf_counter(), 0
     last_ips = float("nan")
     bar = _progress_bar(start_step, train_cfg.steps, progress and info.is_main)
 
-    model.train()
+    trainer.raw_model.train()
     step = start_step
     while step < end_step:
-        # Global batch, identical on every rank; each rank keeps its shard.
-        idx = torch.randint(data.shape[0], (B,), generator=generator, device=device)
-        flip = torch.rand(B, generator=generator, device=device) < 0.5
-        t = torch.randint(T, (B,), generator=generator, device=device)
-        noise = torch.randn((B, *data.shape[1:]), generator=generator, device=device)
-        idx, flip, t, noise = (ddp.shard(v, info) for v in (idx, flip, t, noise))
-
-        x0 = data[idx].float().div_(127.5).sub_(1.0)  # uint8 -> [-1, 1], (b, 3, R, R)
-        if train_cfg.hflip:
-            x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
-        x_t = q_sample(sched, x0, t, noise)
-        target = training_target(sched, diffusion_cfg.prediction, x0, t, noise)
-        if train_cfg.channels_last:
-            x_t = x_t.contiguous(memory_format=torch.channels_last)
-        weights = None
-        if diffusion_cfg.loss_weighting == "min_snr":
-            weights = min_snr_weight(sched, t, diffusion_cfg.prediction, diffusion_cfg.min_snr_gamma)
-
-        with _autocast(device, train_cfg.precision):
-            output = step_model(x_t, t)
-        loss = diffusion_loss(output, target, weights)
-
+        batch = draw_batch(data, generator, train_cfg.batch_size, diffusion_cfg.timesteps, train_cfg.hflip, info)
+        loss = trainer.loss(batch)
         if device.type == "cpu" and not torch.isfinite(loss):
             # Checked every step on CPU, where reading a scalar costs nothing. The parameters still hold
             # the state after `step` updates (this loss has not been applied): save it, then stop.
             raise NonFiniteLossError(step + 1, save_checkpoint(step) if info.is_main else None)
-
-        loss.backward()
-        if train_cfg.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), train_cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        if ema is not None:
-            ema.update(raw_model, step)
+        trainer.update(loss, step)
         step += 1
         pending.append(loss.detach())
-        window_images += B
+        window_images += train_cfg.batch_size
 
         if step % train_cfg.log_every == 0 or step == end_step:
             losses = ddp.mean_across_ranks(torch.stack(pending), info).tolist()  # one host sync
@@ -296,29 +242,28 @@ def train(
             now = time.perf_counter()
             last_ips = window_images / max(now - window_start, 1e-9)
             window_start, window_images = now, 0
-            row = {"step": step, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": float(grad_norm), "images_per_second": last_ips}
+            row = {"step": step, "loss": sum(losses) / len(losses), "lr": trainer.scheduler.get_last_lr()[0],
+                   "grad_norm": float(trainer.grad_norm), "images_per_second": last_ips}
             log.write(row)
             if on_log is not None and info.is_main:
                 on_log(step, {k: v for k, v in row.items() if k != "step"})
             bar.update(step - bar.n)
-            bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}", img_s=f"{last_ips:.1f}")
+            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{last_ips:.1f}")
 
         if info.is_main and step % train_cfg.checkpoint_every == 0 and step < end_step:
             save_checkpoint(step)
         if evaluate is not None and info.is_main and train_cfg.eval_every and step % train_cfg.eval_every == 0:
-            metrics = evaluate(ema.model, step)
+            metrics = evaluate(trainer.ema.model, step)
             if on_log is not None and metrics:
                 on_log(step, metrics)
 
     bar.close()
-    if stop_after is None or step >= train_cfg.steps:
-        if info.is_main:
-            save_checkpoint(step)
-            atomic_torch_save(
-                model_file_payload(raw_model.state_dict(), ema.state_dict(), model_cfg, diffusion_cfg, step),
-                model_path,
-            )
+    if (stop_after is None or step >= train_cfg.steps) and info.is_main:
+        save_checkpoint(step)
+        atomic_torch_save(
+            model_file_payload(model.state_dict(), trainer.ema.state_dict(), model_cfg, diffusion_cfg, step),
+            model_path,
+        )
     ddp.barrier(info)
     return TrainResult(
         step=step, checkpoint=ckpt_path, model_file=model_path, log_file=out_dir / "train_log.csv",
