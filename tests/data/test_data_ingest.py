@@ -165,7 +165,7 @@ def _encode(image: Image.Image, fmt: str, **options) -> bytes:
 BAD_FILES = {  # name -> (content maker, expected words in the quarantine reason)
     "bad/empty.png": (lambda gif: b"", "empty file"),
     "bad/truncated.gif": (lambda gif: gif[: len(gif) // 2], "truncated GIF"),
-    "bad/corrupt.jpg": (lambda gif: bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8)), "not an image"),
+    "bad/corrupt.jpg": (lambda gif: np.random.default_rng(0).bytes(3000), "not an image"),
     "bad/text-as.png": (lambda gif: b"just some text, not a PNG", "not an image"),
     "bad/notes.txt": (lambda gif: b"my notes", "unknown extension .txt"),
     "bad/no-extension": (lambda gif: b"data", "unknown extension (none)"),
@@ -173,7 +173,7 @@ BAD_FILES = {  # name -> (content maker, expected words in the quarantine reason
     "bad/not-really.svg": (lambda gif: b"GIF89a", "not an SVG document"),
     "bad/bomb.png": (None, "exceeds the limit"),  # made by the bomb_png fixture
     "bad/bomb.svg": (
-        lambda gif: b'<svg xmlns="http://www.w3.org/2000/svg" width="90000" height="90000"><rect width="5" height="5"/></svg>',
+        lambda gif: b'<svg xmlns="http://www.w3.org/2000/svg" width="90000" height="90000"><rect/></svg>',
         "exceeds the limit",
     ),
 }

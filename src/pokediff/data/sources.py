@@ -45,7 +45,7 @@ class RawSource(ABC):
     def read(self, entry: SourceEntry) -> bytes:
         """Contents of one regular entry; reading in `entries` order is the fast path."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - deliberately optional: folders hold no handle
         """Release file handles (archives)."""
 
     def __enter__(self) -> Self:

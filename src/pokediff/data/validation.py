@@ -176,8 +176,12 @@ def build_suites(t: ValidationThresholds) -> dict[str, list]:
         ),
         gxe.ExpectColumnValuesToBeNull(column="file_error", description="every listed file exists and decodes"),
         gxe.ExpectColumnValuesToBeUnique(column="path", description="each file is listed once in the manifest"),
-        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=r, max_value=r, description=f"width is exactly {r} px"),
-        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=r, max_value=r, description=f"height is exactly {r} px"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="width", min_value=r, max_value=r, description=f"width is exactly {r} px"
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="height", min_value=r, max_value=r, description=f"height is exactly {r} px"
+        ),
         gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=["RGB"], description="pixel mode is RGB"),
         gxe.ExpectColumnValuesToBeUnique(column="sha256", description="no two images have identical pixels"),
         gxe.ExpectColumnPairValuesToBeEqual(
@@ -190,7 +194,9 @@ def build_suites(t: ValidationThresholds) -> dict[str, list]:
         ),
         gxe.ExpectColumnValuesToBeBetween(
             column="background_fraction", max_value=t.max_background_fraction,
-            description=f"not almost all background (<= {t.max_background_fraction:.0%}, validate.max_background_fraction)",
+            description=(
+                f"not almost all background (<= {t.max_background_fraction:.0%}, validate.max_background_fraction)"
+            ),
         ),
         gxe.ExpectColumnValuesToBeBetween(
             column="std", min_value=t.min_pixel_std,
