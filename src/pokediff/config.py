@@ -52,7 +52,7 @@ class DataConfig(_Section):
     background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels are composited on this
     max_pixels: int = Field(4_000_000, ge=1)  # larger declared images are quarantined (decompression bombs)
     max_quarantine_fraction: float = Field(0.2, ge=0.0, le=1.0)  # ingest fails above this share
-    num_workers: int = Field(0, ge=0, le=64)  # decoding processes; 0 = one per CPU, 1 = none
+    num_workers: int = Field(0, ge=0, le=64)  # decoding processes; 0 = one per CPU (max 8), 1 = none
 
     @field_validator("background")
     @classmethod

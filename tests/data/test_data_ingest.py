@@ -298,6 +298,10 @@ def test_out_dir_of_someone_else_is_not_wiped(tmp_path: Path, sprite_member) -> 
     assert precious.read_bytes() == b"my photo"
     with pytest.raises(IngestError, match="inside the source folder"):
         ingest(source, source / "out", IngestSettings(), sprite_layout=False, progress=False)
+    ingest(source, tmp_path / "ds", IngestSettings(), sprite_layout=False, progress=False)
+    with pytest.raises(IngestError, match="inside out_dir"):  # would delete its own input
+        ingest(tmp_path / "ds" / "images", tmp_path / "ds", IngestSettings(), sprite_layout=False, progress=False)
+    assert len(list((tmp_path / "ds" / "images").iterdir())) == 5
 
 
 def test_reingest_replaces_stale_images(tmp_path: Path, sprite_member) -> None:

@@ -306,6 +306,8 @@ def _prepare_out_dir(out_dir: Path, source: Path) -> None:
     resolved_out, resolved_source = out_dir.resolve(), source.resolve()
     if resolved_source.is_dir() and resolved_out.is_relative_to(resolved_source):
         raise IngestError(f"out_dir {out_dir} lies inside the source folder {source}; choose another out_dir")
+    if resolved_source.is_relative_to(resolved_out):
+        raise IngestError(f"source {source} lies inside out_dir {out_dir}, which ingest rewrites; move one of them")
     images = out_dir / IMAGES_DIR
     ours = any((out_dir / name).exists() for name in OUTPUT_FILES)
     if images.exists() and not ours and any(images.iterdir()):
@@ -326,9 +328,13 @@ def _listing(rows: list[QuarantineRow], limit: int = _SHOWN_IN_ERRORS) -> str:
     return "\n".join(shown)
 
 
+_MAX_DEFAULT_WORKERS = 8  # beyond this, starting the processes costs more than a sprite set saves
+
+
 def default_num_workers() -> int:
-    """One worker per CPU this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """One worker per CPU this process may use, at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cpus, _MAX_DEFAULT_WORKERS))
 
 
 def ingest(

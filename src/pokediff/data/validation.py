@@ -278,7 +278,10 @@ def _run_suites(
                 batch_parameters={"dataframe": frame},
                 result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [key]},
             )
-            outcomes += [_outcome(table_name, key, r) for r in result.to_json_dict()["results"]]
+            # GX returns results grouped by metric, not in suite order; report them as written above.
+            position = {expectation.id: i for i, expectation in enumerate(suite.expectations)}
+            results = sorted(result.to_json_dict()["results"], key=lambda r: position[r["expectation_config"]["id"]])
+            outcomes += [_outcome(table_name, key, r) for r in results]
         if docs_dir is not None:
             context.build_data_docs()
             site = Path(project, "gx", "uncommitted", "data_docs", "local_site")
