@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pokediff.cli import add_common_arguments
 from pokediff.config import Params, load_params
 from pokediff.data.manifest import read_summary
 from pokediff.data.sprites import expected_labels
+
+if TYPE_CHECKING:
+    from pokediff.data.validation import ValidationThresholds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", help="where results and Data Docs go (default: validate.out_dir)")
 
 
-def thresholds_from(params: Params, dataset_dir: Path):  # -> ValidationThresholds (lazy import)
+def thresholds_from(params: Params, dataset_dir: Path) -> ValidationThresholds:
     """Thresholds from params; expected variants from the settings the dataset was ingested with."""
     from pokediff.data.validation import ValidationThresholds
 
