@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pokediff.data.decoding import IngestSettings
 from pokediff.data.fetch import FetchError, FetchResult, fetch_sprites
 from pokediff.data.images import BadImageError
-from pokediff.data.ingest import IngestError, IngestReport, IngestSettings, ingest
+from pokediff.data.ingest import IngestError, IngestReport, ingest
 from pokediff.data.manifest import MANIFEST_NAME, read_manifest
 from pokediff.data.sources import SourceError
 

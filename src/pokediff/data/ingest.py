@@ -19,32 +19,23 @@ ingest_summary.json.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from itertools import islice
-from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 from tqdm import tqdm
 
 from pokediff.data import sprites
-from pokediff.data.images import (
-    IMAGE_EXTENSIONS,
-    RGB,
-    BadImageError,
-    decode_frames,
-    encode_png,
-    pixel_stats,
-    to_square_rgb,
+from pokediff.data.decoding import (
+    IngestSettings,
+    WorkerCrashedError,
+    decode_all,
 )
+from pokediff.data.images import IMAGE_EXTENSIONS
 from pokediff.data.manifest import (
     IMAGES_DIR,
     MANIFEST_NAME,
@@ -62,13 +53,6 @@ IGNORED_NAME = "ignored.csv"
 OUTPUT_FILES = (MANIFEST_NAME, QUARANTINE_NAME, IGNORED_NAME, SUMMARY_NAME)
 # Larger raw files are quarantined unread (a zip can declare any uncompressed size).
 MAX_FILE_BYTES = 64 * 1024 * 1024
-# SVGs are rendered at this multiple of the target resolution, then Lanczos-downsampled like the
-# rasters: the same filter for every image, and resvg's anti-aliasing is not the last word.
-SVG_OVERSAMPLE = 2
-# Files per task sent to a worker process, and tasks in flight per worker (bounds memory: the
-# source is streamed, not loaded whole).
-_BATCH_FILES = 16
-_TASKS_IN_FLIGHT_PER_WORKER = 4
 _SHOWN_IN_ERRORS = 5
 
 _LABEL_ORDER = [
@@ -80,20 +64,6 @@ _LABEL_ORDER = [
 
 class IngestError(RuntimeError):
     """The dataset is unusable (nothing left, or too much quarantined); the message names files."""
-
-
-@dataclass(frozen=True)
-class IngestSettings:
-    """How raw images become training images (mirrors config.DataConfig, minus paths)."""
-
-    resolution: int = 64
-    frames_per_gif: int = 2
-    variants: tuple[str, ...] = ("normal", "shiny")
-    dreamworld: bool = False
-    background: RGB = (255, 255, 255)
-    max_pixels: int = 4_000_000
-    max_quarantine_fraction: float = 0.2
-    num_workers: int = 1  # 1: decode in this process; >1: a pool of worker processes
 
 
 @dataclass(frozen=True)
@@ -111,26 +81,6 @@ class Candidate:
         species = self.species_id if self.species_id is not None else math.inf
         rank = _LABEL_ORDER.index(self.label) if self.label in _LABEL_ORDER else len(_LABEL_ORDER)
         return (species, self.form, rank, self.label, self.entry.name)
-
-
-@dataclass(frozen=True)
-class EncodedFrame:
-    frame: int
-    n_frames: int
-    width: int
-    height: int
-    png: bytes
-    mean: float
-    std: float
-    background_fraction: float
-    sha256: str
-
-
-@dataclass(frozen=True)
-class FileOutcome:
-    index: int  # position in the candidate list
-    frames: tuple[EncodedFrame, ...] = ()
-    error: str | None = None
 
 
 @dataclass
@@ -200,105 +150,6 @@ def classify(
 
 
 # ----------------------------------------------------------------------------------------------
-# Decoding (runs in worker processes when num_workers > 1)
-# ----------------------------------------------------------------------------------------------
-_worker_settings: IngestSettings | None = None
-
-
-def _init_worker(settings: IngestSettings) -> None:
-    global _worker_settings
-    _worker_settings = settings
-
-
-def process_file(data: bytes, extension: str, settings: IngestSettings) -> tuple[EncodedFrame, ...]:
-    """Raw bytes of one file -> its encoded square frames. Raises BadImageError."""
-    frames = decode_frames(
-        data,
-        extension,
-        frames_per_animation=settings.frames_per_gif,
-        max_pixels=settings.max_pixels,
-        svg_render_size=SVG_OVERSAMPLE * settings.resolution,
-    )
-    encoded = []
-    for frame in frames:
-        square = to_square_rgb(frame.image, settings.resolution, settings.background)
-        stats = pixel_stats(np.asarray(square), settings.background)
-        encoded.append(
-            EncodedFrame(
-                frame.index, frame.n_frames, square.width, square.height, encode_png(square),
-                stats.mean, stats.std, stats.background_fraction, stats.sha256,
-            )
-        )
-    return tuple(encoded)
-
-
-def _process_batch(batch: list[tuple[int, str, bytes | OSError]]) -> list[FileOutcome]:
-    assert _worker_settings is not None, "worker not initialised"
-    outcomes = []
-    for index, extension, data in batch:
-        if isinstance(data, OSError):
-            outcomes.append(FileOutcome(index, error=f"cannot read file: {data}"))
-            continue
-        try:
-            outcomes.append(FileOutcome(index, process_file(data, extension, _worker_settings)))
-        except BadImageError as exc:
-            outcomes.append(FileOutcome(index, error=str(exc)))
-    return outcomes
-
-
-def _batches(tasks: Iterator[tuple[int, str, bytes | OSError]]) -> Iterator[list]:
-    while batch := list(islice(tasks, _BATCH_FILES)):
-        yield batch
-
-
-def _decode_all(
-    tasks: Iterator[tuple[int, str, bytes | OSError]], settings: IngestSettings, bar: tqdm, names: list[str]
-) -> list[FileOutcome]:
-    """Run `_process_batch` over all tasks, serially or in a bounded process pool.
-
-    `names[i]` is task i's source path, for the message when a worker dies.
-    """
-    outcomes: list[FileOutcome] = []
-    if settings.num_workers <= 1:
-        _init_worker(settings)
-        for batch in _batches(tasks):
-            outcomes += _process_batch(batch)
-            bar.update(len(batch))
-        return outcomes
-    # spawn, not fork: the caller may have torch (and its thread pools) loaded; workers import only
-    # this light module. Bounded submission streams the source instead of queueing it all.
-    pending: dict[Future, list[str]] = {}
-    limit = settings.num_workers * _TASKS_IN_FLIGHT_PER_WORKER
-
-    def collect(done: Iterable[Future]) -> None:
-        for future in done:
-            names = pending.pop(future)
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                shown = ", ".join(names[:_SHOWN_IN_ERRORS]) + (", ..." if len(names) > _SHOWN_IN_ERRORS else "")
-                raise IngestError(
-                    f"a worker process died while decoding one of {len(names)} files: {shown}. Causes: a "
-                    "native decoder crash or out of memory (rerun with data.num_workers=1 to find the "
-                    "file), or a script calling ingest() without an `if __name__ == '__main__':` guard"
-                ) from None
-            outcomes.extend(result)
-            bar.update(len(result))
-
-    with ProcessPoolExecutor(
-        settings.num_workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(settings,)
-    ) as pool:
-        for batch in _batches(tasks):
-            future = pool.submit(_process_batch, batch)
-            pending[future] = [names[index] for index, _, _ in batch]
-            if len(pending) >= limit:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                collect(done)
-        collect(list(pending))
-    return outcomes
-
-
-# ----------------------------------------------------------------------------------------------
 # The stage
 # ----------------------------------------------------------------------------------------------
 def _prepare_out_dir(out_dir: Path, source: Path) -> None:
@@ -328,15 +179,6 @@ def _listing(rows: list[QuarantineRow], limit: int = _SHOWN_IN_ERRORS) -> str:
     return "\n".join(shown)
 
 
-_MAX_DEFAULT_WORKERS = 8  # beyond this, starting the processes costs more than a sprite set saves
-
-
-def default_num_workers() -> int:
-    """One worker per CPU this process may use, at most 8."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cpus, _MAX_DEFAULT_WORKERS))
-
-
 def ingest(
     source: Path, out_dir: Path, settings: IngestSettings, *, sprite_layout: bool, progress: bool = True
 ) -> IngestReport:
@@ -356,7 +198,10 @@ def ingest(
         tasks = ((i, candidates[i].extension, data) for i, (_, data) in enumerate(contents))
         with tqdm(total=len(candidates), desc="ingest", unit="file", file=sys.stderr,
                   disable=not progress, mininterval=0.5) as bar:
-            outcomes = _decode_all(tasks, settings, bar, [c.entry.name for c in candidates])
+            try:
+                outcomes = decode_all(tasks, settings, bar, [c.entry.name for c in candidates])
+            except WorkerCrashedError as exc:
+                raise IngestError(str(exc)) from None
     outcomes.sort(key=lambda o: candidates[o.index].sort_key)
 
     rows: list[ManifestRow] = []

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from pokediff.cli import add_common_arguments
 from pokediff.config import DataConfig, load_params
+from pokediff.data.decoding import default_num_workers
 from pokediff.data.fetch import matches_pin
-from pokediff.data.ingest import IngestError, IngestSettings, default_num_workers, ingest
+from pokediff.data.ingest import IngestError, IngestSettings, ingest
 from pokediff.data.sources import SourceError
 from pokediff.data.sprites import TARBALL_NAME
 

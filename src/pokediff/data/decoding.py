@@ -1,0 +1,175 @@
+"""Raw file bytes -> encoded square frames, in this process or in a pool of worker processes.
+
+Workers are started with "spawn", not "fork": the caller may have torch (and its thread pools)
+loaded, and this module imports only Pillow/numpy, so a worker starts in a fraction of a second.
+Tasks are submitted in a bounded window, so a large source is streamed rather than queued whole, and
+every result carries its task index: the caller sorts, so the order of completion never matters.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from itertools import islice
+from multiprocessing import get_context
+
+import numpy as np
+from tqdm import tqdm
+
+from pokediff.data.images import RGB, BadImageError, decode_frames, encode_png, pixel_stats, to_square_rgb
+
+# SVGs are rendered at this multiple of the target resolution, then Lanczos-downsampled like the
+# rasters: the same filter for every image, and resvg's anti-aliasing is not the last word.
+SVG_OVERSAMPLE = 2
+# Files per task sent to a worker process, and tasks in flight per worker (bounds memory: the
+# source is streamed, not loaded whole).
+_BATCH_FILES = 16
+_TASKS_IN_FLIGHT_PER_WORKER = 4
+_SHOWN_NAMES = 5
+
+Task = tuple[int, str, "bytes | OSError"]  # (index, extension, file bytes or the read error)
+
+
+class WorkerCrashedError(RuntimeError):
+    """A worker process died (native crash, out of memory); the message names the files it held."""
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """How raw images become training images (mirrors config.DataConfig, minus paths)."""
+
+    resolution: int = 64
+    frames_per_gif: int = 2
+    variants: tuple[str, ...] = ("normal", "shiny")
+    dreamworld: bool = False
+    background: RGB = (255, 255, 255)
+    max_pixels: int = 4_000_000
+    max_quarantine_fraction: float = 0.2
+    num_workers: int = 1  # 1: decode in this process; >1: a pool of worker processes
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    frame: int
+    n_frames: int
+    width: int
+    height: int
+    png: bytes
+    mean: float
+    std: float
+    background_fraction: float
+    sha256: str
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    index: int  # position in the candidate list
+    frames: tuple[EncodedFrame, ...] = ()
+    error: str | None = None
+
+
+_worker_settings: IngestSettings | None = None
+
+
+def _init_worker(settings: IngestSettings) -> None:
+    global _worker_settings
+    _worker_settings = settings
+
+
+def process_file(data: bytes, extension: str, settings: IngestSettings) -> tuple[EncodedFrame, ...]:
+    """Raw bytes of one file -> its encoded square frames. Raises BadImageError."""
+    frames = decode_frames(
+        data,
+        extension,
+        frames_per_animation=settings.frames_per_gif,
+        max_pixels=settings.max_pixels,
+        svg_render_size=SVG_OVERSAMPLE * settings.resolution,
+    )
+    encoded = []
+    for frame in frames:
+        square = to_square_rgb(frame.image, settings.resolution, settings.background)
+        stats = pixel_stats(np.asarray(square), settings.background)
+        encoded.append(
+            EncodedFrame(
+                frame.index, frame.n_frames, square.width, square.height, encode_png(square),
+                stats.mean, stats.std, stats.background_fraction, stats.sha256,
+            )
+        )
+    return tuple(encoded)
+
+
+def _process_batch(batch: list[Task]) -> list[FileOutcome]:
+    assert _worker_settings is not None, "worker not initialised"
+    outcomes = []
+    for index, extension, data in batch:
+        if isinstance(data, OSError):
+            outcomes.append(FileOutcome(index, error=f"cannot read file: {data}"))
+            continue
+        try:
+            outcomes.append(FileOutcome(index, process_file(data, extension, _worker_settings)))
+        except BadImageError as exc:
+            outcomes.append(FileOutcome(index, error=str(exc)))
+    return outcomes
+
+
+def _batches(tasks: Iterator[Task]) -> Iterator[list]:
+    while batch := list(islice(tasks, _BATCH_FILES)):
+        yield batch
+
+
+def decode_all(
+    tasks: Iterator[Task], settings: IngestSettings, bar: tqdm, names: list[str]
+) -> list[FileOutcome]:
+    """Run `_process_batch` over all tasks, serially or in a bounded process pool.
+
+    `names[i]` is task i's source path, for the message when a worker dies.
+    """
+    outcomes: list[FileOutcome] = []
+    if settings.num_workers <= 1:
+        _init_worker(settings)
+        for batch in _batches(tasks):
+            outcomes += _process_batch(batch)
+            bar.update(len(batch))
+        return outcomes
+    # spawn and a bounded window: see the module docstring.
+    pending: dict[Future, list[str]] = {}
+    limit = settings.num_workers * _TASKS_IN_FLIGHT_PER_WORKER
+
+    def collect(done: Iterable[Future]) -> None:
+        for future in done:
+            names = pending.pop(future)
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                shown = ", ".join(names[:_SHOWN_NAMES]) + (", ..." if len(names) > _SHOWN_NAMES else "")
+                raise WorkerCrashedError(
+                    f"a worker process died while decoding one of {len(names)} files: {shown}. Causes: a "
+                    "native decoder crash or out of memory (rerun with data.num_workers=1 to find the "
+                    "file), or a script calling ingest() without an `if __name__ == '__main__':` guard"
+                ) from None
+            outcomes.extend(result)
+            bar.update(len(result))
+
+    with ProcessPoolExecutor(
+        settings.num_workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(settings,)
+    ) as pool:
+        for batch in _batches(tasks):
+            future = pool.submit(_process_batch, batch)
+            pending[future] = [names[index] for index, _, _ in batch]
+            if len(pending) >= limit:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                collect(done)
+        collect(list(pending))
+    return outcomes
+
+
+_MAX_DEFAULT_WORKERS = 8  # beyond this, starting the processes costs more than a sprite set saves
+
+
+def default_num_workers() -> int:
+    """One worker per CPU this process may use, at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cpus, _MAX_DEFAULT_WORKERS))
