@@ -132,7 +132,7 @@ class TrainConfig(_Section):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-4, gt=0.0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine decay ends at lr * min_lr_ratio
-    warmup_steps: int = Field(500, ge=0)
+    warmup_steps: int = Field(500, ge=0)  # capped at steps // 5 (see effective_warmup_steps)
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = Field(1.0, ge=0.0)  # 0 disables clipping
@@ -150,11 +150,10 @@ class TrainConfig(_Section):
     eval_sampler_steps: int = Field(25, ge=1)
     out_dir: str = "outputs/train"
 
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> TrainConfig:
-        if self.warmup_steps > self.steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
-        return self
+    @property
+    def effective_warmup_steps(self) -> int:
+        """Warm-up is capped at a fifth of the run, so a short run (-S train.steps=200) still decays."""
+        return min(self.warmup_steps, self.steps // 5)
 
 
 class SampleConfig(_Section):
@@ -299,3 +298,30 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | dict[st
         tree = loaded or {}
     tree = apply_overrides(tree, overrides)
     return params_from_dict(tree, str(path))
+
+
+def write_overrides(path: str | Path, overrides: list[str]) -> Params:
+    """Validate ``overrides`` against ``path`` and write them into the file, keeping its comments and order
+    (what `dvc exp run -S` does to params.yaml). Nothing is written if any value is invalid."""
+    from ruamel.yaml import YAML  # comes with DVC; round-trips comments
+    from ruamel.yaml.comments import CommentedSeq
+
+    path = Path(path)
+    params = load_params(path, overrides)
+    if not overrides:
+        return params
+    yaml_rt = YAML()
+    yaml_rt.preserve_quotes = True
+    tree = yaml_rt.load(path.read_text()) if path.exists() else {}
+    for key, value in map(parse_override, overrides):
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        if isinstance(value, list):  # keep lists on one line, as params.yaml writes them
+            value = CommentedSeq(value)
+            value.fa.set_flow_style()
+        node[leaf] = value
+    with path.open("w") as f:
+        yaml_rt.dump(tree, f)
+    return params

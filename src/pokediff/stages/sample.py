@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     model, diffusion_cfg, source = load_for_sampling(
         checkpoint=args.checkpoint or (None if args.model else str(Path(params.train.out_dir) / "model.pt")),
-        model_uri=args.model, use_ema=not args.no_ema, device=args.device,
+        model_uri=args.model, use_ema=cfg.use_ema and not args.no_ema, device=args.device,
     )
     steps = cfg.steps if (args.steps is not None or cfg.sampler != "ddpm") else None
     if steps is not None and steps > diffusion_cfg.timesteps:

@@ -4,13 +4,16 @@
     pokediff train --resume            # continue a killed run from its last checkpoint
 
 Reads the model, diffusion and train sections of params.yaml; flags override them.
-Writes <out_dir>/checkpoints/last.pt, <out_dir>/model.pt, train_log.csv and train_metrics.json.
+Writes <out_dir>/checkpoints/last.pt, <out_dir>/model.pt, train_log.csv, train_metrics.json and
+mlflow_run.json (the MLflow run that the sample and score stages add their evaluations to).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 from pathlib import Path
 
 from pokediff.cli import add_common_arguments
@@ -23,9 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="total optimizer steps (train.steps)")
     parser.add_argument("--batch-size", type=int, help="global batch size (train.batch_size)")
     parser.add_argument("--lr", type=float, help="peak learning rate (train.lr)")
-    parser.add_argument("--resume", action="store_true",
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
                         help="continue from <out-dir>/checkpoints/last.pt if it exists")
+    resume.add_argument("--auto-resume", action="store_true",
+                        help="resume only if the checkpoint was made from the same data and settings "
+                             "(else start fresh); what the DVC stage uses")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -39,31 +47,107 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flag_overrides.items() if v is not None]
     params = load_params(args.params, overrides)  # validated before any work
 
-    import torch
-
     from pokediff.data import load_training_images
     from pokediff.models import UNet, count_parameters
-    from pokediff.training import train
+    from pokediff.training import read_sidecar, run_fingerprint, train
 
     data_dir = Path(args.data or params.data.out_dir)
     images = load_training_images(data_dir, params.model.resolution)
     out_dir = Path(params.train.out_dir)
     n_params = count_parameters(UNet(params.model))
-    print(f"pokediff train: {images.shape[0]} images from {data_dir}, U-Net {n_params / 1e6:.2f} M params, "
-          f"{params.train.steps} steps x batch {params.train.batch_size}")
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun
+    if rank == 0:
+        print(f"pokediff train: {images.shape[0]} images from {data_dir}, U-Net {n_params / 1e6:.2f} M params, "
+              f"{params.train.steps} steps x batch {params.train.batch_size}")
 
-    result = train(images, params.model, params.diffusion, params.train, out_dir,
-                   resume=args.resume, device=args.device, progress=not args.no_progress)
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return 0
-    metrics = {
-        "steps": result.step,
-        "final_loss": result.losses[-1] if result.losses else None,
-        "images_per_second": result.images_per_second,
-        "seconds": round(result.seconds, 2),
-        "parameters": n_params,
-        "dataset_images": int(images.shape[0]),
-    }
-    (out_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    fingerprint = run_fingerprint(images, params.model, params.diffusion, params.train)
+    resume = args.resume
+    if args.auto_resume:
+        previous = read_sidecar(out_dir / "checkpoints" / "last.pt")
+        resume = previous.get("fingerprint") == fingerprint
+        if previous and rank == 0:
+            print(f"pokediff train: resuming from the checkpoint at step {previous.get('step')}" if resume else
+                  "pokediff train: the checkpoint was made from other data or settings: starting fresh")
+
+    tracking = contextlib.nullcontext()
+    if not args.no_track and rank == 0:  # MLflow logging from rank 0 only
+        from pokediff.tracking import TrainingRun
+
+        tracking = TrainingRun(params, out_dir, resume=resume, dataset_dir=data_dir,
+                               validation_dir=params.validate_.out_dir)
+    with tracking as tracker:
+        evaluate = None
+        if rank == 0:
+            eval_log = EvalLog(out_dir / "eval_log.csv", keep_rows=resume)
+            if params.train.eval_every:
+                evaluate = _in_training_evaluator(params, tracker, eval_log)
+        result = train(images, params.model, params.diffusion, params.train, out_dir, resume=resume,
+                       device=args.device, progress=not args.no_progress, fingerprint=fingerprint,
+                       on_log=tracker.log_metrics if tracker else None, evaluate=evaluate)
+        if rank != 0:
+            return 0
+        metrics = {
+            "steps": result.step,
+            "final_loss": result.losses[-1] if result.losses else None,
+            "images_per_second": result.images_per_second,
+            "seconds": round(result.seconds, 2),
+            "parameters": n_params,
+            "dataset_images": int(images.shape[0]),
+        }
+        metrics_path = out_dir / "train_metrics.json"
+        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        if tracker is not None:
+            tracker.log_metrics(result.step, {"train_seconds": result.seconds, "parameters": n_params})
+            version = tracker.finish(result.model_file, result.checkpoint,
+                                     [result.log_file, metrics_path, result.model_file])
+            print(f"pokediff train: MLflow run {tracker.run_id}, registered model version {version}")
     print(f"pokediff train: {result.step} steps in {result.seconds:.1f} s; model -> {result.model_file}")
     return 0
+
+
+class EvalLog:
+    """eval_log.csv (step, fid, kid_mean): the in-training FID curve for `dvc plots`. Always written,
+    header only when in-training evaluation is off, so the DVC output exists."""
+
+    FIELDS = ["step", "fid", "kid_mean"]
+
+    def __init__(self, path: Path, keep_rows: bool):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not (keep_rows and path.exists()):
+            path.write_text(",".join(self.FIELDS) + "\n")
+
+    def append(self, step: int, fid: float, kid_mean: float) -> None:
+        with self.path.open("a") as f:
+            f.write(f"{step},{fid:.6g},{kid_mean:.6g}\n")
+
+
+def _in_training_evaluator(params, tracker, eval_log: EvalLog):
+    """FID of a few EMA samples every train.eval_every steps (needs the reference statistics)."""
+    from pokediff.evaluation import FIDEvaluator
+    from pokediff.imaging import make_grid
+    from pokediff.sampling import generate
+
+    ref = Path(params.score.ref_stats)
+    if not ref.exists():
+        print(f"pokediff train: {ref} missing; in-training FID disabled (run `pokediff ref-stats` first)")
+        return None
+    evaluator = FIDEvaluator(ref, device=params.score.device, batch_size=params.score.batch_size,
+                             kid_subsets=params.score.kid_subsets, kid_subset_size=params.score.kid_subset_size)
+    sample_cfg = params.sample.model_copy(update={
+        "sampler": "ddim", "steps": params.train.eval_sampler_steps, "eta": 0.0,
+        "num_images": params.train.eval_num_samples, "seed": params.sample.seed,
+    })
+
+    def evaluate(ema_model, step: int) -> dict[str, float]:
+        was_training = ema_model.training
+        ema_model.eval()
+        images = generate(ema_model, params.diffusion, sample_cfg, steps=sample_cfg.steps).images
+        ema_model.train(was_training)
+        scores = evaluator.score(images)
+        if tracker is not None:
+            tracker.log_image(make_grid(images[:64]), key="samples", step=step)
+        eval_log.append(step, scores["fid"], scores["kid_mean"])
+        return {"eval_fid": scores["fid"], "eval_kid_mean": scores["kid_mean"]}
+
+    return evaluate

@@ -1,6 +1,13 @@
 """Training: the loop, EMA, LR schedule, checkpoints (atomic, exactly resumable), DDP."""
 
-from pokediff.training.checkpoint import CheckpointError, atomic_torch_save, load_file, load_model
+from pokediff.training.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    load_file,
+    load_model,
+    read_sidecar,
+    run_fingerprint,
+)
 from pokediff.training.ema import EMA
 from pokediff.training.loop import NonFiniteLossError, TrainResult, resolve_device, train
 from pokediff.training.lr import warmup_cosine
@@ -8,5 +15,5 @@ from pokediff.training.lr import warmup_cosine
 __all__ = [
     "train", "TrainResult", "NonFiniteLossError", "resolve_device",
     "EMA", "warmup_cosine",
-    "CheckpointError", "atomic_torch_save", "load_file", "load_model",
+    "CheckpointError", "atomic_torch_save", "load_file", "load_model", "read_sidecar", "run_fingerprint",
 ]

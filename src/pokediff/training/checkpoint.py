@@ -12,6 +12,8 @@ mid-write leaves the previous file intact; a reader never sees a half-written ch
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -43,6 +45,40 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_sidecar(checkpoint: Path, info: dict) -> None:
+    """checkpoints/last.json next to last.pt: step and fingerprint, written atomically."""
+    sidecar = checkpoint.with_suffix(".json")
+    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+    tmp.write_text(json.dumps(info) + "\n")
+    os.replace(tmp, sidecar)
+
+
+def read_sidecar(checkpoint: Path) -> dict:
+    try:
+        return json.loads(checkpoint.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def run_fingerprint(images: torch.Tensor, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig,
+                    train_cfg) -> str:
+    """sha256 over the training images and every setting that changes the trained weights.
+
+    Bookkeeping keys (log/checkpoint/eval intervals, out_dir) are left out: changing them must not
+    throw away a run that can be resumed."""
+    bookkeeping = {"log_every", "checkpoint_every", "eval_every", "eval_num_samples", "eval_sampler_steps",
+                   "out_dir"}
+    settings = {
+        "model": model_cfg.model_dump(mode="json"),
+        "diffusion": diffusion_cfg.model_dump(mode="json"),
+        "train": {k: v for k, v in train_cfg.model_dump(mode="json").items() if k not in bookkeeping},
+    }
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    h.update(str(tuple(images.shape)).encode())
+    h.update(images.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

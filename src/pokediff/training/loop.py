@@ -36,6 +36,7 @@ from pokediff.training.checkpoint import (
     atomic_torch_save,
     load_file,
     model_file_payload,
+    write_sidecar,
 )
 from pokediff.training.step import TrainStep, draw_batch
 
@@ -144,10 +145,12 @@ def train(
     evaluate: EvalCallback | None = None,
     stop_after: int | None = None,
     progress: bool = True,
+    fingerprint: str | None = None,
 ) -> TrainResult:
     """Train a U-Net on ``images`` (uint8 (N, 3, R, R)) and write checkpoints under ``out_dir``.
 
     resume:      continue from out_dir/checkpoints/last.pt if it exists (else start fresh).
+    fingerprint: an identifier of (data, configs) stored with each checkpoint; see run_fingerprint.
     stop_after:  stop after this many optimizer steps of *this* call, as if killed (tests, time limits);
                  no final checkpoint is written, so resume starts from the last periodic one.
     """
@@ -207,8 +210,12 @@ def train(
                 "train": train_cfg.model_dump(mode="json"),
             },
             "torch_version": torch.__version__,
+            "fingerprint": fingerprint,
         }
-        return atomic_torch_save(payload, ckpt_path)
+        path = atomic_torch_save(payload, ckpt_path)
+        # A small sidecar, so deciding whether to resume does not mean loading a large checkpoint.
+        write_sidecar(ckpt_path, {"step": step, "fingerprint": fingerprint})
+        return path
 
     # ---- the loop
     end_step = train_cfg.steps if stop_after is None else min(train_cfg.steps, start_step + stop_after)

@@ -72,7 +72,7 @@ class TrainStep:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: warmup_cosine(s, train_cfg.steps, train_cfg.warmup_steps, train_cfg.min_lr_ratio),
+            lambda s: warmup_cosine(s, train_cfg.steps, train_cfg.effective_warmup_steps, train_cfg.min_lr_ratio),
         )
         wrapped: nn.Module = model
         if info.enabled:
