@@ -1,0 +1,178 @@
+"""Reference statistics of the training images: computed once, saved as .npz, reused by every score.
+
+A stats file holds everything later scores need from the reference set, so Inception never runs on
+it twice:
+
+    mu        (2048,)        float64  feature mean            (FID)
+    sigma     (2048, 2048)   float64  feature covariance, N-1 (FID)
+    features  (N, 2048)      float32  the features themselves (KID, memorisation)
+    train_nn  (N,)           float64  distance of each image to its nearest other one (memorisation)
+    n         ()             int      number of images
+    content_hash  str                 SHA-256 of the decoded pixels (see images.content_hash)
+    extractor     str                 feature convention, e.g. inception-2015-12-05/pool3/tf1
+    paths     (N,)           str      relative paths ("" for in-memory tensors)
+
+``compute_reference_stats`` is a cache: if the output file exists with the same content hash and
+extractor, it is returned without running Inception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pokediff.evaluation.frechet import gaussian_stats
+from pokediff.evaluation.images import content_hash, load_image_folder, subset_indices
+from pokediff.evaluation.inception import (
+    DEFAULT_BATCH_SIZE,
+    NUM_FEATURES,
+    ResizeMode,
+    check_uint8_images,
+    extract_features,
+    extractor_id,
+)
+from pokediff.evaluation.memorisation import train_nn_distances
+
+_KEYS = ("mu", "sigma", "features", "train_nn", "n", "content_hash", "extractor", "paths")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceStats:
+    mu: np.ndarray  # (D,) float64
+    sigma: np.ndarray  # (D, D) float64
+    features: np.ndarray  # (N, D) float32
+    train_nn: np.ndarray  # (N,) float64
+    n: int
+    content_hash: str
+    extractor: str
+    paths: tuple[str, ...] = ()
+
+    @property
+    def resize(self) -> ResizeMode:
+        """The resize convention encoded in ``extractor`` ("tf1" or "antialias")."""
+        return self.extractor.rsplit("/", 1)[-1]  # type: ignore[return-value]
+
+
+def stats_from_features(
+    features: np.ndarray, digest: str, extractor: str, paths: Sequence[str] = ()
+) -> ReferenceStats:
+    """Build :class:`ReferenceStats` from features (N, D): mean, covariance, train NN distances."""
+    features = np.asarray(features, dtype=np.float32)
+    mu, sigma = gaussian_stats(features)
+    return ReferenceStats(
+        mu=mu,
+        sigma=sigma,
+        features=features,
+        train_nn=train_nn_distances(features),
+        n=int(features.shape[0]),
+        content_hash=digest,
+        extractor=extractor,
+        paths=tuple(paths),
+    )
+
+
+def save_reference_stats(stats: ReferenceStats, path: str | Path) -> Path:
+    """Write ``stats`` to ``path`` (.npz, uncompressed) atomically; parent folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as fh:
+            np.savez(
+                fh,
+                mu=stats.mu,
+                sigma=stats.sigma,
+                features=stats.features,
+                train_nn=stats.train_nn,
+                n=np.int64(stats.n),
+                content_hash=np.str_(stats.content_hash),
+                extractor=np.str_(stats.extractor),
+                paths=np.array(stats.paths if stats.paths else [""] * stats.n, dtype=np.str_),
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_reference_stats(path: str | Path) -> ReferenceStats:
+    """Read a stats file written by :func:`save_reference_stats`; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: reference statistics not found (run `pokediff ref-stats` first)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            raw = {k: data[k] for k in data.files if k in _KEYS}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: cannot read reference statistics ({exc})") from None
+    missing = [k for k in _KEYS if k not in raw]
+    if missing:
+        raise ValueError(f"{path}: not a pokediff reference-stats file, missing {missing}")
+    n = int(raw["n"])
+    d = raw["mu"].shape[0] if raw["mu"].ndim == 1 else -1
+    expected = {"mu": (d,), "sigma": (d, d), "features": (n, d), "train_nn": (n,)}
+    for key, shape in expected.items():
+        if raw[key].shape != shape or d != NUM_FEATURES:
+            raise ValueError(f"{path}: {key} has shape {raw[key].shape}, expected {shape} with D={NUM_FEATURES}")
+    return ReferenceStats(
+        mu=raw["mu"].astype(np.float64),
+        sigma=raw["sigma"].astype(np.float64),
+        features=raw["features"].astype(np.float32),
+        train_nn=raw["train_nn"].astype(np.float64),
+        n=n,
+        content_hash=str(raw["content_hash"]),
+        extractor=str(raw["extractor"]),
+        paths=tuple(str(p) for p in raw["paths"]),
+    )
+
+
+def compute_reference_stats(
+    images: str | Path | torch.Tensor | Sequence[torch.Tensor],
+    out_path: str | Path | None = None,
+    *,
+    max_images: int = 0,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device = "auto",
+    resize: ResizeMode = "tf1",
+    force: bool = False,
+    progress: bool = False,
+) -> ReferenceStats:
+    """Inception statistics of a reference image set, cached in ``out_path``.
+
+    Args:
+        images: a folder (see :func:`pokediff.evaluation.images.list_images`), a uint8 tensor
+            (N, 3, H, W) or a sequence of uint8 tensors (3, H, W).
+        out_path: where to save the .npz; if it already holds stats of the same pixels and
+            extractor (and ``force`` is False), they are loaded and returned.
+        max_images: use a fixed-seed random subset of this many images (0 = all).
+    """
+    if isinstance(images, (str, Path)):
+        imgs, paths = load_image_folder(images, max_images=max_images, seed=seed, how="random")
+    else:
+        if isinstance(images, torch.Tensor):
+            check_uint8_images(images)
+        idx = subset_indices(len(images), max_images, seed, how="random")
+        imgs, paths = [images[int(i)] for i in idx], []
+    if len(imgs) < 2:
+        raise ValueError(f"reference statistics need at least 2 images, got {len(imgs)}")
+    digest = content_hash(imgs)
+    ext_id = extractor_id(resize)
+    if out_path is not None and Path(out_path).is_file() and not force:
+        try:
+            cached = load_reference_stats(out_path)
+        except ValueError:
+            cached = None
+        if cached is not None and cached.content_hash == digest and cached.extractor == ext_id:
+            return cached
+    features = extract_features(imgs, batch_size, device, resize=resize, progress=progress)
+    stats = stats_from_features(features, digest, ext_id, paths)
+    if out_path is not None:
+        save_reference_stats(stats, out_path)
+    return stats

@@ -1,0 +1,77 @@
+"""`pokediff score`: FID, KID and memorisation of generated samples against the reference stats.
+
+    pokediff score --samples outputs/samples/images --ref outputs/ref_stats/ref_stats.npz \
+                   --out outputs/score/metrics.json
+
+Scores the first score.num_samples images (sorted by path) of --samples. Writes flat metrics JSON
+(fid, kid_mean, kid_std, memorisation_*, num_samples, ...) for `dvc metrics show`, and next to it
+nearest.csv: each sample's nearest reference image in Inception space, closest first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from pokediff.cli import add_common_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--samples", help="folder of generated images (default: <sample.out_dir>/images)")
+    parser.add_argument("--ref", help="reference stats from `pokediff ref-stats` (default: score.ref_stats)")
+    parser.add_argument("--out", help="metrics JSON (default: <score.out_dir>/metrics.json)")
+    parser.add_argument("--num-samples", type=int, help="score at most this many images (score.num_samples)")
+    parser.add_argument("--batch-size", type=int, help="Inception batch size (score.batch_size)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (score.device)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pokediff.config import load_params
+
+    flags = {"score.num_samples": args.num_samples, "score.batch_size": args.batch_size,
+             "score.device": args.device}
+    overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+    params = load_params(args.params, overrides)
+    cfg = params.score
+    samples_dir = Path(args.samples or Path(params.sample.out_dir) / "images")
+    ref_path = Path(args.ref or cfg.ref_stats)
+    out = Path(args.out or Path(cfg.out_dir) / "metrics.json")
+
+    from pokediff.evaluation import FIDEvaluator, load_image_folder, nearest_neighbours
+    from pokediff.evaluation.memorisation import memorisation_metrics
+    from pokediff.evaluation.report import write_metrics_json, write_nearest_csv
+
+    start = time.perf_counter()
+    try:
+        evaluator = FIDEvaluator(
+            ref_path, device=cfg.device, batch_size=cfg.batch_size, kid_subsets=cfg.kid_subsets,
+            kid_subset_size=cfg.kid_subset_size, seed=cfg.seed,
+        )
+        images, paths = load_image_folder(samples_dir, max_images=cfg.num_samples, how="first")
+        if len(images) < 2:
+            raise ValueError(f"{samples_dir}: FID needs at least 2 images, found {len(images)}")
+        features = evaluator.features(images, progress=not args.quiet)
+        metrics = evaluator.score_features(features)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"pokediff score: {exc}", file=sys.stderr)
+        return 1
+    # Memorisation, kept here rather than via FIDEvaluator(memorisation=True) to get the indices too.
+    distances, nearest = nearest_neighbours(features, evaluator.ref.features)
+    metrics.update(memorisation_metrics(distances, evaluator.ref.train_nn))
+    ref_paths = evaluator.ref.paths or ("",) * evaluator.ref.n
+    write_metrics_json(metrics, out)
+    write_nearest_csv(
+        out.with_name("nearest.csv"), paths, distances.tolist(), [ref_paths[i] for i in nearest],
+        metrics["memorisation_train_nn_median"],
+    )
+    print(
+        f"score: {metrics['num_samples']} samples vs {metrics['num_reference']} reference images: "
+        f"FID {metrics['fid']:.2f}, KID {metrics['kid_mean']:.4f} ± {metrics['kid_std']:.4f}, "
+        f"{metrics['memorisation_share_below_train_nn']:.0%} closer to a training image than the median "
+        f"training pair -> {out} ({time.perf_counter() - start:.1f} s)"
+    )
+    return 0

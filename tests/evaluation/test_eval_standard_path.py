@@ -1,0 +1,142 @@
+"""Proof that our offline extractor computes the standard FID: torchmetrics' own ``feature=2048``
+path, made offline by writing torch-fidelity's weights file from the TorchScript weights, gives the
+same features, the same FID and the same KID on the same images.
+
+Two resize conventions are checked, each against the torchmetrics setting that uses it:
+our ``"tf1"`` vs ``FrechetInceptionDistance(feature=2048, antialias=False)`` (the original TF FID),
+our ``"antialias"`` vs plain ``FrechetInceptionDistance(feature=2048)`` (torchmetrics' default).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pokediff.evaluation import extract_features, fid_from_features, get_extractor, kernel_inception_distance
+from pokediff.evaluation.standard import (
+    convert_torchscript_state_dict,
+    ensure_standard_weights,
+    standard_fid_metric,
+    standard_kid_metric,
+    torch_fidelity_weights_filename,
+)
+
+
+class _Capture:
+    """Forward hook: keeps what torchmetrics' own Inception returned inside ``update``."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.outputs: list[torch.Tensor] = []
+        module.register_forward_hook(lambda _m, _i, out: self.outputs.append(out.detach().clone()))
+
+
+@pytest.fixture(scope="module")
+def no_downloads():
+    """Any attempt of torch.hub to download fails the test."""
+
+    def refuse(url, *args, **kwargs):
+        raise AssertionError(f"download attempted: {url}")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.hub, "download_url_to_file", refuse)
+        yield
+
+
+@pytest.fixture(scope="module")
+def weights(standard_cache, no_downloads):
+    """First construction: our code writes the weights file into an empty project cache."""
+    target = standard_cache / "torch" / "hub" / "checkpoints" / torch_fidelity_weights_filename()
+    assert not target.exists()
+    path = ensure_standard_weights(standard_cache)
+    assert path == target and path.stat().st_size > 90e6
+    return path
+
+
+@pytest.fixture(scope="module")
+def tf1_run(weights, standard_cache, train_images, other_images):
+    """torchmetrics' standard FID (TF1 resize) on train vs other, features captured on the way."""
+    metric = standard_fid_metric(standard_cache, antialias=False)
+    capture = _Capture(metric.inception)
+    metric.update(train_images, real=True)
+    metric.update(other_images, real=False)
+    fid = metric.compute().item()
+    real, fake = (t.numpy() for t in capture.outputs)
+    return fid, real, fake
+
+
+def test_weights_filename_is_the_one_torch_hub_looks_for() -> None:
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    assert URL_INCEPTION_V3.endswith("/" + torch_fidelity_weights_filename())
+
+
+def test_conversion_maps_every_tensor() -> None:
+    from pokediff.evaluation.inception import load_torchscript_inception
+
+    ts = load_torchscript_inception("cpu").state_dict()
+    sd = convert_torchscript_state_dict(ts)
+    n_convs = sum(k.endswith(".weight") for k in ts)
+    assert n_convs == 94  # Inception-v3 has 94 conv + batch-norm units up to pool3
+    assert len(sd) == 6 * n_convs + 2  # conv.weight + 5 bn tensors each, + fc
+    assert torch.isnan(sd["fc.weight"]).all()  # not in the export: poisoned, unused by pool3
+    with pytest.raises(ValueError, match="not mapped"):
+        convert_torchscript_state_dict({**ts, "net.layers.extra.weight": torch.zeros(1)})
+
+
+def test_standard_path_constructs_offline_and_restores_torch_home(weights, standard_cache, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", "/nonexistent/torch-home")
+    metric = standard_fid_metric(standard_cache, antialias=False)
+    assert metric.inception.__class__.__name__ == "NoTrainInceptionV3"
+    assert torch.hub.get_dir() == "/nonexistent/torch-home/hub"
+
+
+def test_standard_features_equal_ours(tf1_run, train_features, other_features) -> None:
+    _, real, fake = tf1_run
+    np.testing.assert_allclose(real, train_features, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(fake, other_features, rtol=0, atol=1e-5)
+
+
+def test_standard_torchmetrics_fid_equals_ours(tf1_run, fid_train_other) -> None:
+    tm_fid, _, _ = tf1_run
+    assert tm_fid > 10  # the sets differ: a meaningful, non-zero FID
+    assert abs(fid_train_other - tm_fid) / tm_fid < 1e-4  # measured: 7e-8
+
+
+def test_our_extractor_plugs_into_torchmetrics(train_images, other_images, train_features, other_features):
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    extractor = get_extractor("tf1", "cpu")
+    fid = FrechetInceptionDistance(feature=extractor)
+    fid.update(train_images[:4], real=True)
+    # FID's state is the running feature sum (computing FID itself is covered above).
+    np.testing.assert_allclose(fid.real_features_sum.numpy(), train_features[:4].sum(0), rtol=1e-5, atol=1e-4)
+    kid = KernelInceptionDistance(feature=extractor, subsets=2, subset_size=4)
+    kid.update(train_images[:4], real=True)
+    kid.update(other_images[:4], real=False)
+    ours = kernel_inception_distance(train_features[:4], other_features[:4], subsets=1, subset_size=4)[0]
+    assert kid.compute()[0].item() == pytest.approx(ours, rel=1e-4)
+
+
+def test_antialias_convention_equals_torchmetrics_default(weights, standard_cache, train_images, other_images,
+                                                          train_features) -> None:
+    # torchmetrics' default extractor (antialias=True), here through its standard KID.
+    real_imgs, fake_imgs = train_images[:16], other_images[:16]
+    kid = standard_kid_metric(standard_cache, subsets=3, subset_size=16)
+    capture = _Capture(kid.inception)
+    kid.update(real_imgs, real=True)
+    kid.update(fake_imgs, real=False)
+    tm_kid = kid.compute()[0].item()
+    ours_ext = get_extractor("antialias", "cpu")
+    real = extract_features(real_imgs, extractor=ours_ext)
+    fake = extract_features(fake_imgs, extractor=ours_ext)
+    np.testing.assert_allclose(capture.outputs[0].numpy(), real, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(capture.outputs[1].numpy(), fake, rtol=0, atol=1e-5)
+    assert kernel_inception_distance(real, fake, subsets=1, subset_size=16)[0] == pytest.approx(tm_kid, rel=1e-4)
+    # ... and the two conventions really differ, so the tf1 test is not vacuous.
+    assert np.abs(real - train_features[:16]).max() > 1e-2
+
+
+def test_fid_of_a_set_with_itself_is_zero(train_features, fid_train_other) -> None:
+    assert abs(fid_from_features(train_features, train_features)) < 1e-9 * fid_train_other
