@@ -108,13 +108,15 @@ def collect_results() -> dict:
     """Read back what the pipeline produced: metrics, the MLflow run and the model version."""
     metrics = json.loads(Path("outputs/score/metrics.json").read_text())
     run_info = json.loads(Path("outputs/train/mlflow_run.json").read_text())
+    evaluation = json.loads(Path("outputs/score/mlflow_evaluation.json").read_text())
     return {
         "mlflow_run_id": run_info.get("run_id"),
         "model_name": run_info.get("model_name"),
         "model_version": run_info.get("model_version"),
         "fid": metrics.get("fid"),
         "kid_mean": metrics.get("kid_mean"),
-        "champion_version": metrics.get("champion_version"),
+        "evaluation_run_id": evaluation.get("evaluation_run_id"),
+        "champion_version": evaluation.get("champion_version"),
         "metrics": metrics,
     }
 

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="Inception batch size (score.batch_size)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (score.device)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-track", action="store_true",
+                        help="do not log this evaluation to the pipeline's MLflow run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         out.with_name("nearest.csv"), paths, distances.tolist(), [ref_paths[i] for i in nearest],
         metrics["memorisation_train_nn_median"],
     )
+    if not args.no_track:
+        _log_evaluation(params, metrics, out, samples_dir)
     print(
         f"score: {metrics['num_samples']} samples vs {metrics['num_reference']} reference images: "
         f"FID {metrics['fid']:.2f}, KID {metrics['kid_mean']:.4f} ± {metrics['kid_std']:.4f}, "
@@ -75,3 +79,34 @@ def run(args: argparse.Namespace) -> int:
         f"training pair -> {out} ({time.perf_counter() - start:.1f} s)"
     )
     return 0
+
+
+def _log_evaluation(params, metrics: dict, metrics_path: Path, samples_dir: Path) -> None:
+    """Add this evaluation as a nested MLflow run under the pipeline's training run (found through
+    <train.out_dir>/mlflow_run.json) and keep the `champion` alias on the best-FID model version.
+    Samples made outside the pipeline (no run recorded) are scored without tracking."""
+    import json
+
+    from pokediff.tracking import EvaluationLogger
+
+    train_dir = Path(params.train.out_dir)
+    try:
+        logger = EvaluationLogger(train_dir)
+    except FileNotFoundError as exc:
+        print(f"pokediff score: not logged to MLflow ({exc})", file=sys.stderr)
+        return
+    sample_dir = samples_dir.parent
+    sample_info = sample_dir / "sample_info.json"
+    info = json.loads(sample_info.read_text()) if sample_info.exists() else {}
+    sample_params = {f"sample.{k}": v for k, v in params.sample.model_dump(mode="json").items()}
+    sample_params.update({f"sample.{k}": info[k] for k in ("steps", "spacing") if k in info})
+    score_params = {f"score.{k}": v for k, v in params.score.model_dump(mode="json").items()}
+    name = f"eval-{sample_params['sample.sampler']}-{sample_params['sample.steps']}"
+    artifacts = [metrics_path, metrics_path.with_name("nearest.csv"), sample_info,
+                 sample_dir / "grid.png", sample_dir / "progression.png"]
+    result = logger.log({**sample_params, **score_params}, metrics, artifacts, name)
+    (metrics_path.with_name("mlflow_evaluation.json")).write_text(json.dumps(result, indent=2) + "\n")
+    champion = "this model is the champion" if result.get("is_champion") else (
+        f"champion stays version {result.get('champion_version')} (FID {result.get('champion_fid')})")
+    print(f"pokediff score: logged to MLflow run {result['pipeline_run_id']} "
+          f"(evaluation {result['evaluation_run_id']}); {champion}")
