@@ -1,0 +1,303 @@
+"""Shared benchmark machinery: devices, precision, timing windows, FLOP counting, memory, tables.
+
+Every benchmark here follows one protocol, so the numbers of ours and of the references are
+comparable inside one run:
+
+    build the workload -> count its FLOPs once (eager) -> optional compile -> warm-up (not timed)
+    -> W timed windows of S calls each -> median over windows
+
+On CUDA a window is timed with CUDA events around the S calls, after a synchronize, so queued work
+from the warm-up never leaks into a window; on CPU with perf_counter. The median over windows (not
+the mean) keeps one window disturbed by another process from moving the result.
+
+Two schedules (``measure_models``):
+    sequential   build, time and free one model after the other: a clean peak-memory figure per model.
+                 The default on CUDA, where the GPU is ours alone for the run.
+    interleaved  build all, then time window 1 of every model, window 2 of every model, ... (rotating
+                 the order). The default on CPU: on a shared machine the load drifts over minutes, and
+                 only interleaving exposes every model to the same drift, so the ratios stay meaningful.
+                 Peak memory is not per model then and is not reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+# H100 SXM dense bf16 tensor-core peak (989.4 TFLOP/s, no sparsity): the MFU denominator on CUDA unless
+# --peak-tflops says otherwise. There is no meaningful peak for a shared CPU, so no MFU there.
+H100_BF16_DENSE_TFLOPS = 989.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Device and precision
+# ----------------------------------------------------------------------------------------------
+def pick_device(name: str | None) -> torch.device:
+    if name:
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit(f"--device {name}: CUDA is not available on this machine")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for "bf16", nothing for "fp32": the same context for ours and the references."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seed_everything(seed: int) -> None:
+    # The references draw timesteps and noise from torch's global RNG, as their users' loops do.
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Timing:
+    seconds: list[float]  # one entry per timed window
+    calls_per_window: int
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds)
+
+    def rate(self, items_per_call: int) -> tuple[float, float, float]:
+        """(median, slowest, fastest) items per second, e.g. images/s."""
+        per_window = items_per_call * self.calls_per_window
+        return per_window / self.median_s, per_window / max(self.seconds), per_window / min(self.seconds)
+
+
+def time_windows(fn: Callable[[], object], device: torch.device, *, windows: int, calls_per_window: int,
+                 warmup: int) -> Timing:
+    """Run ``fn`` ``warmup`` times untimed, then time ``windows`` windows of ``calls_per_window`` calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    seconds = []
+    for _ in range(windows):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls_per_window):
+                fn()
+            end.record()
+            end.synchronize()
+            seconds.append(start.elapsed_time(end) / 1e3)  # ms -> s
+        else:
+            t0 = time.perf_counter()
+            for _ in range(calls_per_window):
+                fn()
+            seconds.append(time.perf_counter() - t0)
+        synchronize(device)
+    return Timing(seconds, calls_per_window)
+
+
+@dataclass
+class Prepared:
+    """A built workload: ``fn`` is the timed call; ``info`` holds what was learnt while building it
+    (parameters, FLOPs, a description)."""
+
+    fn: Callable[[], object]
+    info: dict
+
+
+@dataclass
+class Measured:
+    info: dict
+    timing: Timing | None = None
+    peak_memory_gib: float | None = None
+    error: str | None = None
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def measure_models(names: Sequence[str], prepare: Callable[[str], Prepared], device: torch.device, *,
+                   windows: int, calls_per_window: int, warmup: int, interleave: bool) -> dict[str, Measured]:
+    """Time every named workload (see the module docstring for the two schedules).
+
+    A workload that raises (a reference that does not support a setting, an out-of-memory) is reported
+    with its error and does not stop the others."""
+    results: dict[str, Measured] = {}
+    if not interleave:
+        for name in names:
+            reset_memory(device)
+            try:
+                work = prepare(name)
+                timing = time_windows(work.fn, device, windows=windows, calls_per_window=calls_per_window,
+                                      warmup=warmup)
+                results[name] = Measured(work.info, timing, peak_memory_gib(device))
+            except Exception as exc:  # noqa: BLE001 - see docstring
+                results[name] = Measured({}, error=_error(exc))
+            work = None  # free the model before the next one is built
+            reset_memory(device)
+        return results
+
+    prepared: dict[str, Prepared] = {}
+    for name in names:
+        try:
+            prepared[name] = prepare(name)
+            for _ in range(warmup):
+                prepared[name].fn()
+        except Exception as exc:  # noqa: BLE001
+            results[name] = Measured({}, error=_error(exc))
+    seconds: dict[str, list[float]] = {name: [] for name in prepared}
+    order = list(prepared)
+    for w in range(windows):
+        k = w % max(len(order), 1)
+        for name in order[k:] + order[:k]:  # rotate, so no model always runs right after the same one
+            if name in results:
+                continue  # failed in an earlier window
+            try:
+                seconds[name] += time_windows(prepared[name].fn, device, windows=1,
+                                              calls_per_window=calls_per_window, warmup=0).seconds
+            except Exception as exc:  # noqa: BLE001
+                results[name] = Measured({}, error=_error(exc))
+    for name in prepared:
+        results.setdefault(name, Measured(prepared[name].info, Timing(seconds[name], calls_per_window)))
+    prepared.clear()
+    reset_memory(device)
+    return {name: results[name] for name in names}
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOPs and memory
+# ----------------------------------------------------------------------------------------------
+def _cpu_flash_attention_flops() -> dict:
+    """FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel; count that one with
+    the same formulas, so a FLOP count does not depend on the device it was taken on."""
+    aten = torch.ops.aten
+    mapping = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = (
+            lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v))
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
+            lambda g, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(g, q, k, v))
+    return mapping
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Model FLOPs of one eager call of ``fn`` (matmuls, convolutions, attention; 1 multiply-add = 2 FLOPs).
+
+    Elementwise work (norms, activations, the optimizer) is not counted: that is the MFU convention."""
+    with FlopCounterMode(display=False, custom_mapping=_cpu_flash_attention_flops()) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def mfu(flops_per_item: float, items_per_second: float, peak_tflops: float | None) -> float | None:
+    if not peak_tflops:
+        return None
+    return flops_per_item * items_per_second / (peak_tflops * 1e12)
+
+
+def default_peak_tflops(device: torch.device, precision: str, given: float | None) -> float | None:
+    if given is not None:
+        return given if given > 0 else None
+    # The H100 bf16 peak is only a fair denominator for bf16 work on a GPU; fp32 runs need their own.
+    return H100_BF16_DENSE_TFLOPS if device.type == "cuda" and precision == "bf16" else None
+
+
+def reset_memory(device: torch.device) -> None:
+    """Free what the previous workload left and restart the peak counter (CUDA only)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------
+def fmt(value: float | None, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def parse_table(text: str) -> list[dict[str, str]]:
+    """Rows of the first markdown table in ``text`` as dicts keyed by header (used by the tests)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("|")]
+    if len(lines) < 2:
+        return []
+    cells = lambda ln: [c.strip() for c in ln.strip("|").split("|")]
+    headers = cells(lines[0])
+    return [dict(zip(headers, cells(ln))) for ln in lines[2:]]
+
+
+def environment(device: torch.device) -> dict:
+    env = {
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    else:
+        env["cpu"] = platform.processor() or platform.machine()
+    return env
+
+
+def describe_environment(env: dict) -> str:
+    where = env.get("gpu") or f"CPU ({env['cpu_threads']} threads)"
+    return f"{env['date']}  torch {env['torch']}  {where}"
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def parse_models(text: str, known: Sequence[str]) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise SystemExit(f"--models: unknown {unknown or text!r}; choose from {','.join(known)}")
+    return names

@@ -1,0 +1,383 @@
+"""Sampling speed: DDIM-50 images/s for ours and two references, plus ours with DPM-Solver++(2M)-20.
+
+    python -m benchmarks.sampling                                # CUDA: batch 128, bf16 autocast
+    python -m benchmarks.sampling --cuda-graphs                  # adds ours with the U-Net call captured
+    python -m benchmarks.sampling --compile --compile-mode max-autotune
+    python -m benchmarks.sampling --device cpu                   # tiny smoke run
+
+One sampling call = one batch of B images from pure noise to the final image, on the device; images/s
+= B / seconds per call (median over windows). As each project's users sample:
+
+    ours          pokediff.diffusion.sample(model, sched, shape, sampler="ddim", steps=50) under bf16
+                  autocast on CUDA (what pokediff.sampling.generate runs), and sampler="dpmpp2m", steps=20
+    ddpm-pytorch  GaussianDiffusion(Unet(dim=64, dim_mults=(1, 2, 4, 8), flash_attn=True), image_size=64,
+                  timesteps=1000, sampling_timesteps=50).sample(batch_size=B)   (its DDIM path)
+    diffusers     DDIMPipeline(UNet2DModel(<unconditional example's 64x64 config>), DDIMScheduler())(
+                  batch_size=B, num_inference_steps=50, output_type="pt")
+
+Weights are random (nothing is downloaded): speed does not depend on them, since no layer skips zeros
+or branches on values. Our U-Net zero-initialises the last layer of every residual branch and its output
+conv, so an untrained model predicts exactly 0; those all-zero tensors are perturbed with N(0, 0.02^2)
+anyway so that every network's output, and so the sampler arithmetic, is non-trivial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from benchmarks._common import (
+    Prepared,
+    autocast,
+    count_flops,
+    count_parameters,
+    default_peak_tflops,
+    describe_environment,
+    environment,
+    fmt,
+    markdown_table,
+    measure_models,
+    mfu,
+    parse_models,
+    pick_device,
+    seed_everything,
+    write_json,
+)
+
+MODELS = ("ours", "ddpm-pytorch", "diffusers")
+
+
+@dataclass
+class Sampling:
+    """One implementation's sampling call for a fixed batch, and a single network evaluation."""
+
+    network: nn.Module  # the denoiser; --compile compiles it in place
+    sample: Callable[[], torch.Tensor]  # B images from noise, on the device
+    evaluate: Callable[[], object]  # one network call on a (B, 3, R, R) batch (for the FLOP count)
+    sampler: str
+    steps: int  # network evaluations per sample call
+
+
+@dataclass
+class Options:
+    device: torch.device
+    batch_size: int
+    resolution: int
+    precision: str
+    steps: int
+
+
+def _example_inputs(opts: Options) -> tuple[torch.Tensor, torch.Tensor]:
+    B, R = opts.batch_size, opts.resolution
+    return (torch.randn(B, 3, R, R, device=opts.device),
+            torch.full((B,), 500, dtype=torch.long, device=opts.device))
+
+
+def perturb_zero_init(model: nn.Module, std: float = 0.02) -> nn.Module:
+    """Give every all-zero parameter small random values (see the module docstring)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0.0, std)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# ours
+# ----------------------------------------------------------------------------------------------
+def ours(opts: Options, sampler: str, cuda_graphs: bool = False) -> Sampling:
+    """pokediff.diffusion.sample with the default model and diffusion configs, as
+    pokediff.sampling.generate calls it: a CPU generator for the initial noise (device-independent
+    seeds), bf16 autocast on CUDA."""
+    from pokediff.config import DiffusionConfig, ModelConfig
+    from pokediff.diffusion import NoiseSchedule, sample
+    from pokediff.models import UNet
+
+    device, B, R = opts.device, opts.batch_size, opts.resolution
+    diffusion_cfg = DiffusionConfig()
+    model = perturb_zero_init(UNet(ModelConfig(resolution=R)).to(device).eval())
+    sched = NoiseSchedule(diffusion_cfg.schedule, diffusion_cfg.timesteps)
+    generator = torch.Generator().manual_seed(0)
+    network: Callable = model
+    if cuda_graphs:
+        network = CudaGraphed(model, *_example_inputs(opts), precision=opts.precision)
+
+    def run() -> torch.Tensor:
+        with autocast(device, opts.precision):
+            return sample(network, sched, (B, 3, R, R), sampler=sampler, steps=opts.steps,
+                          prediction=diffusion_cfg.prediction, generator=generator, device=device)
+
+    x, t = _example_inputs(opts)
+    return Sampling(model, run, lambda: model(x, t), sampler, opts.steps)
+
+
+class CudaGraphed:
+    """Our U-Net call captured once as a CUDA graph and replayed at every sampling step.
+
+    Sampling calls the network with the same shapes every step, so the ~400 kernel launches of one
+    U-Net forward can be recorded once; a replay costs one launch. That removes the CPU launch
+    overhead, which matters when a step's GPU work is short (small batches, bf16, H100).
+
+    Inputs are copied into static buffers and the output is cloned out of the graph's static buffer,
+    so callers may keep it across steps (DPM-Solver++ keeps the previous x0 estimate). Capture runs
+    under autocast with its weight-cast cache disabled: cached casts made during capture would be
+    freed when the autocast context exits, leaving the graph reading freed memory."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, precision: str, warmup: int = 3):
+        if x.device.type != "cuda":
+            raise ValueError("--cuda-graphs needs a CUDA device")
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self._autocast = lambda: torch.autocast("cuda", dtype=dtype, enabled=precision == "bf16",
+                                                cache_enabled=False)
+        with torch.inference_mode():
+            self.static_x, self.static_t = x.clone(), t.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), self._autocast():  # warm up (cuDNN autotuning, lazy init) off-graph
+                for _ in range(warmup):
+                    model(self.static_x, self.static_t)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), self._autocast():
+                self.static_out = model(self.static_x, self.static_t)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.static_x.copy_(x)
+        self.static_t.copy_(t)
+        self.graph.replay()
+        return self.static_out.clone()
+
+
+# ----------------------------------------------------------------------------------------------
+# denoising-diffusion-pytorch
+# ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet_ddpm_progress_bar():
+    """GaussianDiffusion.ddim_sample wraps its loop in a tqdm bar that cannot be switched off by argument;
+    silence it for the run (its per-step cost is microseconds, so this changes no timing)."""
+    import functools
+
+    import denoising_diffusion_pytorch.denoising_diffusion_pytorch as ddp_module
+
+    original = ddp_module.tqdm
+    ddp_module.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        ddp_module.tqdm = original
+
+
+def ddpm_pytorch(opts: Options) -> Sampling:
+    """``GaussianDiffusion(..., sampling_timesteps=50).sample(batch_size=B)``: the DDIM loop the Trainer
+    uses for its sample grids and FID (eta 0, clipped x0, noise from torch's global RNG)."""
+    from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+
+    unet = Unet(dim=64, dim_mults=(1, 2, 4, 8), flash_attn=True)
+    diffusion = GaussianDiffusion(unet, image_size=opts.resolution, timesteps=1000,
+                                  sampling_timesteps=opts.steps).to(opts.device).eval()
+
+    def run() -> torch.Tensor:
+        with autocast(opts.device, opts.precision), _quiet_ddpm_progress_bar():
+            return diffusion.sample(batch_size=opts.batch_size)
+
+    x, t = _example_inputs(opts)
+    return Sampling(unet, run, lambda: unet(x, t), "ddim", opts.steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# diffusers
+# ----------------------------------------------------------------------------------------------
+def diffusers_ddim(opts: Options) -> Sampling:
+    """DDIMPipeline on the unconditional example's UNet2DModel with a DDIMScheduler of the example's
+    training schedule (1000 linear betas), eta 0, returning tensors on the device (output_type="pt")."""
+    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+
+    unet = UNet2DModel(
+        sample_size=opts.resolution, in_channels=3, out_channels=3, layers_per_block=2,
+        block_out_channels=(128, 128, 256, 256, 512, 512),
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D",
+                          "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+    ).to(opts.device).eval()
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear"))
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+
+    def run() -> torch.Tensor:
+        with autocast(opts.device, opts.precision):
+            return pipe(batch_size=opts.batch_size, generator=generator, eta=0.0, num_inference_steps=opts.steps,
+                        output_type="pt").images
+
+    x, t = _example_inputs(opts)
+    return Sampling(unet, run, lambda: unet(x, t).sample, "ddim", opts.steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Runner
+# ----------------------------------------------------------------------------------------------
+def variants(models: list[str], cuda_graphs: bool) -> list[str]:
+    """Rows to measure: ours expands to DDIM and DPM-Solver++(2M) (and their CUDA-graph versions)."""
+    rows = []
+    for name in models:
+        if name == "ours":
+            rows += ["ours", "ours-dpmpp2m"]
+            if cuda_graphs:
+                rows += ["ours+graphs", "ours-dpmpp2m+graphs"]
+        else:
+            rows.append(name)
+    return rows
+
+
+def build(row: str, args: argparse.Namespace) -> Sampling:
+    opts = Options(args.device, args.batch_size, args.resolution, args.precision,
+                   args.dpm_steps if "dpmpp2m" in row else args.ddim_steps)
+    if row.startswith("ours"):
+        return ours(opts, "dpmpp2m" if "dpmpp2m" in row else "ddim", cuda_graphs=row.endswith("+graphs"))
+    return {"ddpm-pytorch": ddpm_pytorch, "diffusers": diffusers_ddim}[row](opts)
+
+
+def prepare(row: str, args: argparse.Namespace) -> Prepared:
+    seed_everything(args.seed)
+    work = build(row, args)
+    with torch.inference_mode(), autocast(args.device, args.precision):
+        flops = count_flops(work.evaluate) / args.batch_size  # forward only, per image, per evaluation
+    if args.compile:
+        work.network.compile(mode=args.compile_mode)
+    info = {"sampler": work.sampler, "steps": work.steps, "params": count_parameters(work.network),
+            "gflop_per_image_eval": flops / 1e9}
+    return Prepared(work.sample, info)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sampling", description=__doc__.split("\n")[0])
+    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, help="images per sampling call (default: 128 on CUDA, 1 on CPU)")
+    p.add_argument("--resolution", type=int, default=64, help="image size, a multiple of 32 (default: 64)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), help="default: bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--ddim-steps", type=int, help="DDIM steps for all three (default: 50 on CUDA, 2 on CPU)")
+    p.add_argument("--dpm-steps", type=int, help="our DPM-Solver++(2M) steps (default: 20 on CUDA, 2 on CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every network (in place)")
+    p.add_argument("--compile-mode", default="default",
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also time ours with the U-Net call captured as a CUDA graph (CUDA only, not with --compile)")
+    p.add_argument("--windows", type=int, help="timed sampling calls; the median is reported (default: 5 CUDA, 3 CPU)")
+    p.add_argument("--warmup", type=int, help="untimed sampling calls first (default: 1)")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction,
+                   help="alternate the models' windows (default: on for CPU, off for CUDA; see benchmarks/_common)")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    p.add_argument("--peak-tflops", type=float,
+                   help="peak for MFU (default: 989 = H100 dense bf16 on CUDA with bf16; none on CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    args.device = pick_device(args.device)
+    cuda = args.device.type == "cuda"
+    for name, on_cuda, on_cpu in (("batch_size", 128, 1), ("precision", "bf16", "fp32"), ("ddim_steps", 50, 2),
+                                  ("dpm_steps", 20, 2), ("windows", 5, 3), ("warmup", 1, 1),
+                                  ("interleave", False, True)):
+        if getattr(args, name) is None:
+            setattr(args, name, on_cuda if cuda else on_cpu)
+    if args.resolution % 32 or args.resolution <= 0:
+        p.error("--resolution must be a positive multiple of 32 (the diffusers U-Net halves it five times)")
+    if min(args.batch_size, args.windows, args.ddim_steps, args.dpm_steps) < 1 or args.warmup < 0:
+        p.error("--batch-size, --windows, --ddim-steps and --dpm-steps must be >= 1, --warmup >= 0")
+    if max(args.ddim_steps, args.dpm_steps) > 1000:
+        p.error("--ddim-steps/--dpm-steps must not exceed the 1000 training timesteps")
+    if args.cuda_graphs and not cuda:
+        p.error("--cuda-graphs needs a CUDA device")
+    if args.cuda_graphs and args.compile:
+        p.error("--cuda-graphs and --compile do not combine here; compile-mode reduce-overhead/max-autotune "
+                "already capture CUDA graphs")
+    args.models = parse_models(args.models, MODELS)
+    args.peak_tflops = default_peak_tflops(args.device, args.precision, args.peak_tflops)
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    rows_wanted = variants(args.models, args.cuda_graphs)
+    measured = measure_models(rows_wanted, lambda row: prepare(row, args), args.device, windows=args.windows,
+                              calls_per_window=1, warmup=args.warmup, interleave=args.interleave)
+    rows = []
+    for name, m in measured.items():
+        if m.error:
+            rows.append({"model": name, "error": m.error})
+            continue
+        ips, slowest, fastest = m.timing.rate(args.batch_size)
+        evals_per_s = ips * m.info["steps"]  # network evaluations per second, per image
+        rows.append({
+            "model": name, **m.info,
+            "images_per_s": ips, "images_per_s_slowest": slowest, "images_per_s_fastest": fastest,
+            "ms_per_eval": 1e3 * m.timing.median_s / m.info["steps"],
+            "window_seconds": m.timing.seconds,
+            "mfu": mfu(m.info["gflop_per_image_eval"] * 1e9, evals_per_s, args.peak_tflops),
+            "peak_memory_gib": m.peak_memory_gib,
+        })
+    ok = {r["model"]: r for r in rows if "error" not in r}
+    for r in ok.values():
+        for ours_row, key in (("ours", "ours_ddim_over_this"), ("ours-dpmpp2m", "ours_dpmpp2m_over_this")):
+            if ours_row in ok:
+                r[key] = ok[ours_row]["images_per_s"] / r["images_per_s"]
+    return {
+        "benchmark": "sampling",
+        "environment": environment(args.device),
+        "settings": {
+            "batch_size": args.batch_size, "resolution": args.resolution, "precision": args.precision,
+            "ddim_steps": args.ddim_steps, "dpm_steps": args.dpm_steps,
+            "compile": args.compile_mode if args.compile else False, "cuda_graphs": args.cuda_graphs,
+            "windows": args.windows, "warmup": args.warmup, "interleave": args.interleave,
+            "peak_tflops": args.peak_tflops, "seed": args.seed,
+        },
+        "rows": rows,
+    }
+
+
+HEADERS = ("model", "sampler", "steps", "GFLOP/img/eval", "images/s", "slowest-fastest", "ms/eval",
+           "ours DDIM/this", "ours DPM++/this", "MFU", "peak GiB")
+
+
+def format_report(result: dict) -> str:
+    s = result["settings"]
+    table_rows = []
+    for r in result["rows"]:
+        if "error" in r:
+            table_rows.append([r["model"]] + ["-"] * (len(HEADERS) - 1))
+            continue
+        table_rows.append([
+            r["model"], r["sampler"], str(r["steps"]), fmt(r["gflop_per_image_eval"], ".2f"),
+            fmt(r["images_per_s"], ".4g"),
+            f"{fmt(r['images_per_s_slowest'], '.4g')}-{fmt(r['images_per_s_fastest'], '.4g')}",
+            fmt(r["ms_per_eval"], ".1f"), fmt(r.get("ours_ddim_over_this"), ".3f"),
+            fmt(r.get("ours_dpmpp2m_over_this"), ".3f"),
+            fmt(r["mfu"] * 100, ".1f") + "%" if r["mfu"] is not None else "-",
+            fmt(r["peak_memory_gib"], ".2f"),
+        ])
+    lines = [
+        f"sampling: {describe_environment(result['environment'])}",
+        f"batch {s['batch_size']} x {s['resolution']}x{s['resolution']}, {s['precision']}, compile={s['compile']}, "
+        f"cuda_graphs={s['cuda_graphs']}, median of {s['windows']} {'interleaved ' if s['interleave'] else ''}"
+        f"sampling calls (after {s['warmup']} warm-up), MFU vs {fmt(s['peak_tflops'], 'g')} TFLOP/s",
+        "",
+        markdown_table(HEADERS, table_rows),
+    ]
+    errors = [f"  {r['model']}: {r['error']}" for r in result["rows"] if "error" in r]
+    return "\n".join(lines + ([""] + errors if errors else []))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    print(format_report(result))
+    if args.json:
+        write_json(args.json, result)
+    return 1 if any("error" in r for r in result["rows"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
