@@ -203,7 +203,9 @@ def _cpu_flash_attention_flops() -> dict:
 def count_flops(fn: Callable[[], object]) -> int:
     """Model FLOPs of one eager call of ``fn`` (matmuls, convolutions, attention; 1 multiply-add = 2 FLOPs).
 
-    Elementwise work (norms, activations, the optimizer) is not counted: that is the MFU convention."""
+    Elementwise work (norms, activations, the optimizer) is not counted: that is the MFU convention.
+    Attention is counted with flop_counter's fused-kernel formulas on every device (their backward
+    includes the recomputed Q K^T)."""
     with FlopCounterMode(display=False, custom_mapping=_cpu_flash_attention_flops()) as counter:
         fn()
     return int(counter.get_total_flops())
