@@ -130,7 +130,7 @@ def test_mlflow_run_params_metrics_tags_and_registry(pipeline_run):
     assert children[0].data.params["sample.sampler"] == "ddim"
 
     champion = client.get_model_version_by_alias("pokemon-ddpm", "champion")
-    assert champion.version == "1" and float(champion.tags["fid"]) == pytest.approx(result["fid"], rel=1e-4)
+    assert str(champion.version) == "1" and float(champion.tags["fid"]) == pytest.approx(result["fid"], rel=1e-4)
     # The registered model is a real mlflow.pytorch model: it loads and predicts.
     import torch
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -79,14 +80,18 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:
-    """Numbers only; MLflow rejects None and strings and NaN is noise in the UI."""
+    """Numbers only (MLflow rejects None and strings; NaN is noise in the UI), under names MLflow
+    accepts (free-text keys such as ingest's ignore reasons get their odd characters replaced)."""
     out = {}
     for key, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
         if math.isfinite(value):
-            out[key] = float(value)
+            out[_METRIC_NAME_UNSAFE.sub("_", key)] = float(value)
     return out
+
+
+_METRIC_NAME_UNSAFE = re.compile(r"[^0-9A-Za-z_\-. :/]")
 
 
 def read_run_info(train_out_dir: str | Path) -> dict[str, Any]:
