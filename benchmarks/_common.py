@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 # H100 SXM dense bf16 tensor-core peak (989.4 TFLOP/s, no sparsity): the MFU denominator on CUDA unless
 # --peak-tflops says otherwise. There is no meaningful peak for a shared CPU, so no MFU there.
@@ -186,27 +186,32 @@ def measure_models(names: Sequence[str], prepare: Callable[[str], Prepared], dev
 # ----------------------------------------------------------------------------------------------
 # FLOPs and memory
 # ----------------------------------------------------------------------------------------------
-def _cpu_flash_attention_flops() -> dict:
-    """FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel; count that one with
-    the same formulas, so a FLOP count does not depend on the device it was taken on."""
+def _attention_model_flops() -> dict:
+    """Count every attention kernel the same way, so a FLOP count depends neither on the device nor on
+    the kernel SDPA picks: forward Q K^T and P V (2 * 2 B H L S D), backward twice that.
+
+    FlopCounterMode knows the CUDA kernels but not the CPU flash kernel, and its fused-kernel backward
+    formula adds the recomputed Q K^T. Model FLOPs, the MFU numerator, leave recomputation out (PaLM's
+    definition), and the math path (plain bmm) counts exactly this."""
     aten = torch.ops.aten
-    mapping = {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = (
-            lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v))
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
-            lambda g, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(g, q, k, v))
-    return mapping
+    forward = lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)
+    backward = lambda g, q, k, v, *args, out_shape=None, **kwargs: 2 * sdpa_flop_count(q, k, v)
+    names = {
+        "_scaled_dot_product_flash_attention_for_cpu": forward,
+        "_scaled_dot_product_flash_attention_for_cpu_backward": backward,
+        "_scaled_dot_product_flash_attention_backward": backward,
+        "_scaled_dot_product_efficient_attention_backward": backward,
+        "_scaled_dot_product_cudnn_attention_backward": backward,
+    }
+    return {getattr(aten, name): formula for name, formula in names.items() if hasattr(aten, name)}
 
 
 def count_flops(fn: Callable[[], object]) -> int:
     """Model FLOPs of one eager call of ``fn`` (matmuls, convolutions, attention; 1 multiply-add = 2 FLOPs).
 
     Elementwise work (norms, activations, the optimizer) is not counted: that is the MFU convention.
-    Attention is counted with flop_counter's fused-kernel formulas on every device (their backward
-    includes the recomputed Q K^T)."""
-    with FlopCounterMode(display=False, custom_mapping=_cpu_flash_attention_flops()) as counter:
+    Attention is counted without recomputation on every device and kernel (see _attention_model_flops)."""
+    with FlopCounterMode(display=False, custom_mapping=_attention_model_flops()) as counter:
         fn()
     return int(counter.get_total_flops())
 
