@@ -245,8 +245,11 @@ def build(row: str, args: argparse.Namespace) -> Sampling:
 def prepare(row: str, args: argparse.Namespace) -> Prepared:
     seed_everything(args.seed)
     work = build(row, args)
-    with torch.inference_mode(), autocast(args.device, args.precision):
-        flops = count_flops(work.evaluate) / args.batch_size  # forward only, per image, per evaluation
+    # Forward only, per image, per evaluation. Counted without autocast: the FLOPs do not depend on the
+    # dtype, and FlopCounterMode under CPU autocast + inference_mode trips over ddpm-pytorch's mixed-dtype
+    # einsum (torch 2.14) although the uncounted call runs.
+    with torch.inference_mode():
+        flops = count_flops(work.evaluate) / args.batch_size
     if args.compile:
         work.network.compile(mode=args.compile_mode)
     info = {"sampler": work.sampler, "steps": work.steps, "params": count_parameters(work.network),
