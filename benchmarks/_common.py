@@ -21,6 +21,7 @@ Two schedules (``measure_models``):
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import gc
@@ -245,6 +246,68 @@ def peak_memory_gib(device: torch.device) -> float | None:
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line shared by the benchmarks
+# ----------------------------------------------------------------------------------------------
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def add_common_arguments(p: argparse.ArgumentParser, models: Sequence[str]) -> None:
+    """Options every benchmark takes. Device-dependent defaults are None here, filled by finish_arguments."""
+    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, help="images per call (default: 128 on CUDA, 1 on CPU)")
+    p.add_argument("--resolution", type=int, default=64, help="image size, a multiple of 32 (default: 64)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), help="default: bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile every network (in place)")
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark = True for every model (fixed shapes: autotuned convs)")
+    p.add_argument("--windows", type=int, help="timed windows; the median is reported (default: 5 CUDA, 3 CPU)")
+    p.add_argument("--warmup", type=int,
+                   help="untimed calls before the windows (default: training 5 CUDA / 1 CPU steps, sampling 1 call)")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction,
+                   help="alternate the models' windows (default: on for CPU, off for CUDA; see benchmarks/_common)")
+    p.add_argument("--threads", type=int,
+                   help="CPU intra-op threads (torch.set_num_threads); 1 is the robust choice on a shared machine")
+    p.add_argument("--models", default=",".join(models), help=f"comma-separated subset of {','.join(models)}")
+    p.add_argument("--peak-tflops", type=float,
+                   help="peak for MFU (default: 989 = H100 dense bf16 on CUDA with bf16; none on CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the results here")
+
+
+def finish_arguments(p: argparse.ArgumentParser, args: argparse.Namespace, models: Sequence[str],
+                     defaults: dict[str, tuple]) -> argparse.Namespace:
+    """Fill device-dependent defaults ({name: (on_cuda, on_cpu)}), validate, apply --threads/--cudnn-benchmark."""
+    args.device = pick_device(args.device)
+    cuda = args.device.type == "cuda"
+    defaults = {"batch_size": (128, 1), "precision": ("bf16", "fp32"), "windows": (5, 3),
+                "interleave": (False, True), **defaults}
+    for name, (on_cuda, on_cpu) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, on_cuda if cuda else on_cpu)
+    if args.resolution % 32 or args.resolution <= 0:
+        p.error("--resolution must be a positive multiple of 32 (the diffusers U-Net halves it five times)")
+    if min(args.batch_size, args.windows) < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        p.error("--batch-size, --windows and --threads must be >= 1, --warmup >= 0")
+    args.models = parse_models(args.models, models)
+    args.peak_tflops = default_peak_tflops(args.device, args.precision, args.peak_tflops)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    return args
+
+
+def common_settings(args: argparse.Namespace) -> dict:
+    return {
+        "batch_size": args.batch_size, "resolution": args.resolution, "precision": args.precision,
+        "compile": args.compile_mode if args.compile else False, "cudnn_benchmark": args.cudnn_benchmark,
+        "windows": args.windows, "warmup": args.warmup, "interleave": args.interleave,
+        "peak_tflops": args.peak_tflops, "seed": args.seed,
+    }
 
 
 # ----------------------------------------------------------------------------------------------

@@ -34,18 +34,18 @@ from torch import nn
 
 from benchmarks._common import (
     Prepared,
+    add_common_arguments,
     autocast,
+    common_settings,
     count_flops,
     count_parameters,
-    default_peak_tflops,
     describe_environment,
     environment,
+    finish_arguments,
     fmt,
     markdown_table,
     measure_models,
     mfu,
-    parse_models,
-    pick_device,
     seed_everything,
     write_json,
 )
@@ -259,47 +259,20 @@ def prepare(row: str, args: argparse.Namespace) -> Prepared:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sampling", description=__doc__.split("\n")[0])
-    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, help="images per sampling call (default: 128 on CUDA, 1 on CPU)")
-    p.add_argument("--resolution", type=int, default=64, help="image size, a multiple of 32 (default: 64)")
-    p.add_argument("--precision", choices=("bf16", "fp32"), help="default: bf16 autocast on CUDA, fp32 on CPU")
+    add_common_arguments(p, MODELS)
     p.add_argument("--ddim-steps", type=int, help="DDIM steps for all three (default: 50 on CUDA, 2 on CPU)")
     p.add_argument("--dpm-steps", type=int, help="our DPM-Solver++(2M) steps (default: 20 on CUDA, 2 on CPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile every network (in place)")
-    p.add_argument("--compile-mode", default="default",
-                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     p.add_argument("--cuda-graphs", action="store_true",
                    help="also time ours with the U-Net call captured as a CUDA graph (CUDA only, not with --compile)")
-    p.add_argument("--windows", type=int, help="timed sampling calls; the median is reported (default: 5 CUDA, 3 CPU)")
-    p.add_argument("--warmup", type=int, help="untimed sampling calls first (default: 1)")
-    p.add_argument("--interleave", action=argparse.BooleanOptionalAction,
-                   help="alternate the models' windows (default: on for CPU, off for CUDA; see benchmarks/_common)")
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
-    p.add_argument("--peak-tflops", type=float,
-                   help="peak for MFU (default: 989 = H100 dense bf16 on CUDA with bf16; none on CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
-    args.device = pick_device(args.device)
-    cuda = args.device.type == "cuda"
-    for name, on_cuda, on_cpu in (("batch_size", 128, 1), ("precision", "bf16", "fp32"), ("ddim_steps", 50, 2),
-                                  ("dpm_steps", 20, 2), ("windows", 5, 3), ("warmup", 1, 1),
-                                  ("interleave", False, True)):
-        if getattr(args, name) is None:
-            setattr(args, name, on_cuda if cuda else on_cpu)
-    if args.resolution % 32 or args.resolution <= 0:
-        p.error("--resolution must be a positive multiple of 32 (the diffusers U-Net halves it five times)")
-    if min(args.batch_size, args.windows, args.ddim_steps, args.dpm_steps) < 1 or args.warmup < 0:
-        p.error("--batch-size, --windows, --ddim-steps and --dpm-steps must be >= 1, --warmup >= 0")
-    if max(args.ddim_steps, args.dpm_steps) > 1000:
-        p.error("--ddim-steps/--dpm-steps must not exceed the 1000 training timesteps")
-    if args.cuda_graphs and not cuda:
+    args = finish_arguments(p, args, MODELS, {"ddim_steps": (50, 2), "dpm_steps": (20, 2), "warmup": (1, 1)})
+    if not 1 <= min(args.ddim_steps, args.dpm_steps) <= max(args.ddim_steps, args.dpm_steps) <= 1000:
+        p.error("--ddim-steps and --dpm-steps must be in [1, 1000] (the training timesteps)")
+    if args.cuda_graphs and args.device.type != "cuda":
         p.error("--cuda-graphs needs a CUDA device")
     if args.cuda_graphs and args.compile:
         p.error("--cuda-graphs and --compile do not combine here; compile-mode reduce-overhead/max-autotune "
                 "already capture CUDA graphs")
-    args.models = parse_models(args.models, MODELS)
-    args.peak_tflops = default_peak_tflops(args.device, args.precision, args.peak_tflops)
     return args
 
 
@@ -330,13 +303,8 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "sampling",
         "environment": environment(args.device),
-        "settings": {
-            "batch_size": args.batch_size, "resolution": args.resolution, "precision": args.precision,
-            "ddim_steps": args.ddim_steps, "dpm_steps": args.dpm_steps,
-            "compile": args.compile_mode if args.compile else False, "cuda_graphs": args.cuda_graphs,
-            "windows": args.windows, "warmup": args.warmup, "interleave": args.interleave,
-            "peak_tflops": args.peak_tflops, "seed": args.seed,
-        },
+        "settings": {**common_settings(args), "ddim_steps": args.ddim_steps, "dpm_steps": args.dpm_steps,
+                     "cuda_graphs": args.cuda_graphs},
         "rows": rows,
     }
 

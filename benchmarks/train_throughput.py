@@ -35,18 +35,18 @@ from torch import nn
 
 from benchmarks._common import (
     Prepared,
+    add_common_arguments,
     autocast,
+    common_settings,
     count_flops,
     count_parameters,
-    default_peak_tflops,
     describe_environment,
     environment,
+    finish_arguments,
     fmt,
     markdown_table,
     measure_models,
     mfu,
-    parse_models,
-    pick_device,
     seed_everything,
     write_json,
 )
@@ -232,37 +232,13 @@ BUILDERS: dict[str, Callable[[Options], Workload]] = {
 # ----------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__.split("\n")[0])
-    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, help="images per step (default: 128 on CUDA, 1 on CPU)")
-    p.add_argument("--resolution", type=int, default=64, help="image size, a multiple of 32 (default: 64)")
-    p.add_argument("--precision", choices=("bf16", "fp32"), help="default: bf16 autocast on CUDA, fp32 on CPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile every network (in place)")
-    p.add_argument("--compile-mode", default="default",
-                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    add_common_arguments(p, MODELS)
     p.add_argument("--channels-last", action="store_true", help="channels_last weights and inputs for all")
-    p.add_argument("--windows", type=int, help="timed windows; the median is reported (default: 5 CUDA, 3 CPU)")
     p.add_argument("--steps-per-window", type=int, help="optimizer steps per window (default: 20 CUDA, 1 CPU)")
-    p.add_argument("--warmup", type=int, help="untimed steps after the FLOP count (default: 5 CUDA, 1 CPU)")
-    p.add_argument("--interleave", action=argparse.BooleanOptionalAction,
-                   help="alternate the models' windows (default: on for CPU, off for CUDA; see benchmarks/_common)")
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
-    p.add_argument("--peak-tflops", type=float,
-                   help="peak for MFU (default: 989 = H100 dense bf16 on CUDA with bf16; none on CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
-    args.device = pick_device(args.device)
-    cuda = args.device.type == "cuda"
-    for name, on_cuda, on_cpu in (("batch_size", 128, 1), ("precision", "bf16", "fp32"), ("windows", 5, 3),
-                                  ("steps_per_window", 20, 1), ("warmup", 5, 1), ("interleave", False, True)):
-        if getattr(args, name) is None:
-            setattr(args, name, on_cuda if cuda else on_cpu)
-    if args.resolution % 32 or args.resolution <= 0:
-        p.error("--resolution must be a positive multiple of 32 (the diffusers U-Net halves it five times)")
-    if min(args.batch_size, args.windows, args.steps_per_window) < 1 or args.warmup < 0:
-        p.error("--batch-size, --windows and --steps-per-window must be >= 1, --warmup >= 0")
-    args.models = parse_models(args.models, MODELS)
-    args.peak_tflops = default_peak_tflops(args.device, args.precision, args.peak_tflops)
+    args = finish_arguments(p, args, MODELS, {"steps_per_window": (20, 1), "warmup": (5, 1)})
+    if args.steps_per_window < 1:
+        p.error("--steps-per-window must be >= 1")
     return args
 
 
@@ -305,12 +281,8 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "train_throughput",
         "environment": environment(args.device),
-        "settings": {
-            "batch_size": args.batch_size, "resolution": args.resolution, "precision": args.precision,
-            "compile": args.compile_mode if args.compile else False, "channels_last": args.channels_last,
-            "windows": args.windows, "steps_per_window": args.steps_per_window, "warmup": args.warmup,
-            "interleave": args.interleave, "peak_tflops": args.peak_tflops, "seed": args.seed,
-        },
+        "settings": {**common_settings(args), "channels_last": args.channels_last,
+                     "steps_per_window": args.steps_per_window},
         "rows": rows,
     }
 
