@@ -130,3 +130,13 @@ def test_gaussian_stats_needs_two_rows() -> None:
         gaussian_stats(np.zeros((1, 5)))
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         gaussian_stats(np.zeros(5))
+
+
+def test_cached_sqrt_gives_the_same_distance() -> None:
+    from pokediff.evaluation.frechet import psd_sqrt
+
+    x, y = _singular_case(20, 25, 128, seed=7)
+    stats1, stats2 = gaussian_stats(x), gaussian_stats(y)
+    plain = frechet_distance(*stats1, *stats2)
+    assert frechet_distance(*stats1, *stats2, sqrt_sigma1=psd_sqrt(stats1[1])) == pytest.approx(plain, rel=1e-12)
+    assert frechet_distance(*stats2, *stats1) == pytest.approx(plain, rel=1e-9)

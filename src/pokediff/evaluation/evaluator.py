@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pokediff.evaluation.frechet import frechet_distance, gaussian_stats
+from pokediff.evaluation.frechet import frechet_distance, gaussian_stats, psd_sqrt
 from pokediff.evaluation.inception import (
     DEFAULT_BATCH_SIZE,
     ImageSource,
@@ -68,6 +68,7 @@ class FIDEvaluator:
         self.kid_subset_size = kid_subset_size
         self.memorisation = memorisation
         self.seed = seed
+        self._ref_sqrt_sigma: np.ndarray | None = None  # psd_sqrt(ref.sigma), computed on first use
 
     def features(self, images: ImageSource, progress: bool = False) -> np.ndarray:
         """Inception features (N, 2048) of uint8 images, in the reference's convention."""
@@ -76,6 +77,11 @@ class FIDEvaluator:
     def score(self, images: ImageSource, progress: bool = False) -> dict[str, Any]:
         """Metrics of uint8 images (N, 3, H, W) (or an iterable of them); see :meth:`score_features`."""
         return self.score_features(self.features(images, progress=progress))
+
+    def _ref_sqrt(self) -> np.ndarray:
+        if self._ref_sqrt_sigma is None:
+            self._ref_sqrt_sigma = psd_sqrt(self.ref.sigma)
+        return self._ref_sqrt_sigma
 
     def score_features(self, features: np.ndarray) -> dict[str, Any]:
         """Metrics of sample features (N, 2048) against the reference: flat dict of numbers."""
@@ -91,7 +97,7 @@ class FIDEvaluator:
             self.ref.features, features, subsets=self.kid_subsets, subset_size=subset, seed=self.seed
         )
         metrics: dict[str, Any] = {
-            "fid": frechet_distance(mu, sigma, self.ref.mu, self.ref.sigma),
+            "fid": frechet_distance(self.ref.mu, self.ref.sigma, mu, sigma, sqrt_sigma1=self._ref_sqrt()),
             "kid_mean": kid_mean,
             "kid_std": kid_std,
             "kid_subset_size": subset,

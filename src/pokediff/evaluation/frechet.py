@@ -55,9 +55,13 @@ def psd_sqrt(sigma: np.ndarray) -> np.ndarray:
     return (eigvecs * np.sqrt(_zero_rounding_noise(eigvals))) @ eigvecs.T
 
 
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr((Sigma_1 Sigma_2)^(1/2)) = sum of sqrt of the eigenvalues of Sigma_1^½ Sigma_2 Sigma_1^½."""
-    root1 = psd_sqrt(sigma1)
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, sqrt_sigma1: np.ndarray | None = None) -> float:
+    """tr((Sigma_1 Sigma_2)^(1/2)) = sum of sqrt of the eigenvalues of Sigma_1^½ Sigma_2 Sigma_1^½.
+
+    ``sqrt_sigma1`` = ``psd_sqrt(sigma1)`` may be passed in when Sigma_1 is a fixed reference: it
+    saves one of the two D x D eigendecompositions per call.
+    """
+    root1 = psd_sqrt(sigma1) if sqrt_sigma1 is None else sqrt_sigma1
     m = root1 @ sigma2 @ root1
     eigvals = np.linalg.eigvalsh((m + m.T) / 2)
     return float(np.sqrt(_zero_rounding_noise(eigvals)).sum())
@@ -75,9 +79,16 @@ def _as_stats(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.ndarray,
     return mu, sigma
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+def frechet_distance(
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    sqrt_sigma1: np.ndarray | None = None,
+) -> float:
     """Squared Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2); shapes (D,), (D, D).
 
+    Symmetric in its two Gaussians. ``sqrt_sigma1``: optional cached ``psd_sqrt(sigma1)``.
     Not clipped at 0: identical inputs give a value within rounding of 0 (possibly -1e-13).
     """
     mu1, sigma1 = _as_stats(mu1, sigma1, "1")
@@ -85,7 +96,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if mu1.shape != mu2.shape:
         raise ValueError(f"mu1 and mu2 have different dimensions: {mu1.shape} vs {mu2.shape}")
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
+    tr_covmean = trace_sqrt_product(sigma1, sigma2, sqrt_sigma1)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
 def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:

@@ -249,7 +249,11 @@ def extract_features(
         progress: show a tqdm bar on stderr.
     """
     extractor = extractor if extractor is not None else get_extractor(resize, device)
-    total = len(images) if isinstance(images, (torch.Tensor, list, tuple)) else None
+    total = None
+    if isinstance(images, torch.Tensor):
+        total = images.shape[0]
+    elif isinstance(images, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in images):
+        total = sum(1 if t.dim() == 3 else t.shape[0] for t in images)
     bar = None
     if progress:
         from tqdm import tqdm

@@ -32,6 +32,7 @@ from pokediff.evaluation.images import content_hash, load_image_folder, subset_i
 from pokediff.evaluation.inception import (
     DEFAULT_BATCH_SIZE,
     NUM_FEATURES,
+    RESIZE_MODES,
     ResizeMode,
     check_uint8_images,
     extract_features,
@@ -120,6 +121,9 @@ def load_reference_stats(path: str | Path) -> ReferenceStats:
     for key, shape in expected.items():
         if raw[key].shape != shape or d != NUM_FEATURES:
             raise ValueError(f"{path}: {key} has shape {raw[key].shape}, expected {shape} with D={NUM_FEATURES}")
+    known = {extractor_id(mode) for mode in RESIZE_MODES}
+    if str(raw["extractor"]) not in known:
+        raise ValueError(f"{path}: extractor {str(raw['extractor'])!r} is not one of {sorted(known)}")
     return ReferenceStats(
         mu=raw["mu"].astype(np.float64),
         sigma=raw["sigma"].astype(np.float64),
