@@ -191,6 +191,10 @@ def train(
         _set_rng_state(resume_state["rng"], generator, device)
         start_step = int(resume_state["step"])
         resume_state = None
+    if info.rank > 0:
+        # Dropout draws from the global RNG: give each rank its own masks, as separate GPUs would have.
+        # (Batches come from `generator`, identical on every rank, so sharding stays exact.)
+        torch.manual_seed(train_cfg.seed + 1_000_003 * info.rank + start_step)
 
     data = images.to(device)  # the whole (small) dataset lives on the device: no loader, no host copies
     log = _LogWriter(out_dir / "train_log.csv", start_step, info.is_main)
@@ -272,6 +276,7 @@ def train(
             model_path,
         )
     ddp.barrier(info)
+    ddp.cleanup(info)
     return TrainResult(
         step=step, checkpoint=ckpt_path, model_file=model_path, log_file=out_dir / "train_log.csv",
         losses=all_losses, images_per_second=last_ips, resumed_from=start_step,
