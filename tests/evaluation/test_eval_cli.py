@@ -38,26 +38,22 @@ def test_ref_stats_then_score(workspace, capsys) -> None:
                  "--quiet"]) == 0
     assert "16 images" in capsys.readouterr().out and ref.is_file()
 
+    # --num-samples 6: the first 6 of 8 samples, i.e. the 4 copies and 2 fresh creatures.
     out = workspace / "score" / "metrics.json"
     assert main(["score", "--params", p, "--samples", str(workspace / "samples"), "--ref", str(ref),
-                 "--out", str(out), "--quiet"]) == 0
+                 "--out", str(out), "--num-samples", "6", "--quiet"]) == 0
     metrics = json.loads(out.read_text())
-    assert metrics["num_samples"] == 8 and metrics["num_reference"] == 16
-    assert metrics["kid_subset_size"] == 8
+    assert metrics["num_samples"] == 6 and metrics["num_reference"] == 16
+    assert metrics["kid_subset_size"] == 6
     assert metrics["fid"] > 0 and all(isinstance(v, (int, float)) for v in metrics.values())
-    # 4 of 8 samples are copies; they, at least, are below the training NN median.
-    assert 0.5 <= metrics["memorisation_share_below_train_nn"] < 1.0
+    # The 4 copies, at least, are closer to a training image than the median training pair.
+    assert metrics["memorisation_share_below_train_nn"] >= 4 / 6
     rows = list(csv.DictReader((out.parent / "nearest.csv").open()))
+    assert len(rows) == 6
     copies = {r["sample"]: r for r in rows[:4]}  # closest first
     assert set(copies) == {"000000.png", "000001.png", "000002.png", "000003.png"}
     assert copies["000001.png"]["nearest_reference"] == "images/000005.png"
     assert all(r["below_train_nn_median"] == "1" for r in copies.values())
-
-    # --num-samples limits the scored images (the first ones: the 4 copies -> all flagged).
-    assert main(["score", "--params", p, "--samples", str(workspace / "samples"), "--ref", str(ref),
-                 "--out", str(out), "--num-samples", "4", "--quiet"]) == 0
-    metrics = json.loads(out.read_text())
-    assert metrics["num_samples"] == 4 and metrics["memorisation_share_below_train_nn"] == 1.0
 
 
 def test_fid_between_folders(workspace, capsys) -> None:

