@@ -41,7 +41,7 @@ def test_ref_stats_then_score(workspace, capsys) -> None:
     # --num-samples 6: the first 6 of 8 samples, i.e. the 4 copies and 2 fresh creatures.
     out = workspace / "score" / "metrics.json"
     assert main(["score", "--params", p, "--samples", str(workspace / "samples"), "--ref", str(ref),
-                 "--out", str(out), "--num-samples", "6", "--quiet"]) == 0
+                 "--out", str(out), "--num-samples", "6", "--quiet", "--no-track"]) == 0
     metrics = json.loads(out.read_text())
     assert metrics["num_samples"] == 6 and metrics["num_reference"] == 16
     assert metrics["kid_subset_size"] == 6
@@ -70,7 +70,7 @@ def test_fid_between_folders(workspace, capsys) -> None:
 def test_stage_errors_are_reported(workspace, capsys) -> None:
     p = str(workspace / "params.yaml")
     assert main(["score", "--params", p, "--samples", str(workspace / "samples"),
-                 "--ref", str(workspace / "missing.npz"), "--quiet"]) == 1
+                 "--ref", str(workspace / "missing.npz"), "--quiet", "--no-track"]) == 1
     assert "missing.npz" in capsys.readouterr().err
     assert main(["fid", str(workspace / "nope"), str(workspace / "samples"), "--params", p]) == 1
     assert "nope" in capsys.readouterr().err
