@@ -16,10 +16,11 @@ export HF_HUB_OFFLINE := 1
 SMALL := \
 	-S model.base_channels=32 -S 'model.channel_mults=[1,2,2,2]' -S model.num_res_blocks=1 \
 	-S 'model.attention_resolutions=[8]' -S model.head_channels=32 -S model.dropout=0.0 \
-	-S train.steps=400 -S train.batch_size=16 -S train.lr=1e-3 -S train.warmup_steps=40 \
+	-S train.steps=600 -S train.batch_size=16 -S train.lr=1e-3 -S train.warmup_steps=40 \
 	-S train.checkpoint_every=100 -S train.ema_decay=0.995 \
+	-S train.eval_every=300 -S train.eval_num_samples=64 -S train.eval_sampler_steps=25 \
 	-S sample.sampler=ddim -S sample.steps=25 -S sample.num_images=300 -S sample.batch_size=100 \
-	-S score.num_samples=300 -S score.ref_max_images=300
+	-S score.num_samples=300 -S score.ref_max_images=300 -S score.batch_size=16
 
 .PHONY: install test pipeline lint clean-outputs
 

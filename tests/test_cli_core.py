@@ -32,7 +32,8 @@ def _image_folder(path, n=6):
 def test_train_then_sample_writes_checkpoint_grid_and_pngs(tmp_path):
     data = _image_folder(tmp_path / "imgs")
     r = _pokediff("train", "--data", str(data), "--out-dir", "run", "--steps", "8", "--batch-size", "4",
-                  "-S", "train.warmup_steps=2", "-S", "train.checkpoint_every=4", "--no-progress", "--no-track", *TINY, cwd=tmp_path)
+                  "-S", "train.warmup_steps=2", "-S", "train.checkpoint_every=4", "--no-progress", "--no-track",
+                  *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "run" / "train_metrics.json").read_text())
     assert metrics["steps"] == 8 and metrics["dataset_images"] == 6

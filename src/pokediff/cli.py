@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     env.set_offline_defaults()
+    env.tune_cpu_allocator()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # First pass: find the subcommand without failing on its own options.

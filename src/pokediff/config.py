@@ -119,8 +119,8 @@ class ModelConfig(_Section):
 class DiffusionConfig(_Section):
     schedule: ScheduleName = "cosine"
     timesteps: int = Field(1000, ge=2, le=100_000)
-    prediction: Prediction = "eps"
-    loss_weighting: Literal["none", "min_snr"] = "none"
+    prediction: Prediction = "v"
+    loss_weighting: Literal["none", "min_snr"] = "min_snr"
     min_snr_gamma: float = Field(5.0, gt=0.0)
 
 
