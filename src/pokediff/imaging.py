@@ -9,9 +9,15 @@ import torch
 from PIL import Image
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float (B, C, H, W) -> uint8 (B, C, H, W), rounding to the nearest level."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """Float images in ``value_range`` (the model's [-1, 1]) -> uint8 0..255, rounded as PNG saving does.
+
+    (B, C, H, W) -> (B, C, H, W). The one conversion used for PNGs, grids and FID inputs alike."""
+    if not images.is_floating_point():
+        raise TypeError(f"to_uint8 expects a float tensor, got {images.dtype}")
+    lo, hi = value_range
+    x = (images.detach().float() - lo) / (hi - lo)
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def _pil(img: torch.Tensor) -> Image.Image:

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pokediff.imaging import to_uint8  # noqa: F401  (re-exported: the one float -> uint8 conversion)
+
 ResizeMode = Literal["tf1", "antialias"]
 RESIZE_MODES: tuple[str, ...] = ("tf1", "antialias")
 
@@ -274,12 +276,3 @@ def extract_features(
     if not chunks:
         raise ValueError("no images were given to extract features from")
     return np.concatenate(chunks, axis=0)
-
-
-def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
-    """Float images in ``value_range`` (the model's [-1, 1]) -> uint8 0..255, rounded as PNG saving does."""
-    if not images.is_floating_point():
-        raise TypeError(f"to_uint8 expects a float tensor, got {images.dtype}")
-    lo, hi = value_range
-    x = (images.detach().float() - lo) / (hi - lo)
-    return (x * 255).round().clamp(0, 255).to(torch.uint8)
