@@ -239,18 +239,27 @@ class EvaluationLogger:
         result = {"evaluation_run_id": child.info.run_id, "pipeline_run_id": parent}
         version = self.info.get("model_version")
         if version and "fid" in clean:
-            result.update(update_champion(str(version), clean["fid"]))
+            result.update(update_champion(str(version), clean["fid"], run_name))
         return result
 
 
-def update_champion(version: str, fid: float) -> dict[str, Any]:
-    """Tag the version with its FID; move ``champion`` to it if it beats the current champion."""
+def update_champion(version: str, fid: float, how: str = "") -> dict[str, Any]:
+    """Record an evaluation's FID on the model version and move ``champion`` to the best version.
+
+    A version's ``fid`` tag is its best FID over all its evaluations (``fid_by`` says which sampler
+    settings reached it): re-scoring a model with a worse sampler does not make the model worse."""
     client = MlflowClient()
-    client.set_model_version_tag(MODEL_NAME, version, "fid", f"{fid:.6g}")
+    tags = client.get_model_version(MODEL_NAME, version).tags
+    best = fid
+    if tags.get("fid") is not None and float(tags["fid"]) <= fid:
+        best = float(tags["fid"])
+    else:
+        client.set_model_version_tag(MODEL_NAME, version, "fid", f"{fid:.6g}")
+        client.set_model_version_tag(MODEL_NAME, version, "fid_by", how)
     current = champion_version()
-    if current is None or current[1] is None or fid < current[1] or current[0] == version:
+    if current is None or current[1] is None or current[0] == version or best < current[1]:
         client.set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, version)
-        return {"champion_version": version, "champion_fid": fid, "is_champion": True}
+        return {"champion_version": version, "champion_fid": best, "is_champion": True}
     return {"champion_version": current[0], "champion_fid": current[1], "is_champion": False}
 
 
