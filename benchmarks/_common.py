@@ -296,6 +296,10 @@ def finish_arguments(p: argparse.ArgumentParser, args: argparse.Namespace, model
     args.peak_tflops = default_peak_tflops(args.device, args.precision, args.peak_tflops)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Same host allocator settings as the pokediff CLI, applied to every model in the run alike.
+    from pokediff.env import tune_cpu_allocator
+
+    tune_cpu_allocator()
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     return args
