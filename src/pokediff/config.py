@@ -284,8 +284,12 @@ def params_from_dict(tree: dict[str, Any], source: str = "params") -> Params:
         raise ConfigError(_format_errors(exc, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | dict[str, Any] = ()) -> Params:
-    """Read params.yaml (missing file -> all defaults), apply overrides, validate everything."""
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | dict[str, Any] = (),
+                flags: dict[str, Any] | None = None) -> Params:
+    """Read params.yaml (missing file -> all defaults), apply overrides, validate everything.
+
+    overrides: "section.key=value" strings (values parsed as YAML) or a {dotted key: value} dict.
+    flags:     {dotted key: value} from a command's own options, applied last; None values are skipped."""
     path = Path(path)
     tree: dict[str, Any] = {}
     if path.exists():
@@ -297,6 +301,8 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | dict[st
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
         tree = loaded or {}
     tree = apply_overrides(tree, overrides)
+    if flags:
+        tree = apply_overrides(tree, {k: v for k, v in flags.items() if v is not None})
     return params_from_dict(tree, str(path))
 
 

@@ -35,8 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from pokediff.config import load_params
 
     flags = {"score.batch_size": args.batch_size, "score.device": args.device}
-    overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
-    params = load_params(args.params, overrides)
+    params = load_params(args.params, args.overrides, flags)
     cfg = params.score
     if args.max_images < 0:
         print("pokediff fid: --max-images must be >= 0", file=sys.stderr)

@@ -33,8 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     flags = {"score.ref_max_images": args.max_images, "score.batch_size": args.batch_size,
              "score.device": args.device}
-    overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
-    params = load_params(args.params, overrides)
+    params = load_params(args.params, args.overrides, flags)
     cfg = params.score
     data = Path(args.data or params.data.out_dir)
     out = Path(args.out or cfg.ref_stats)

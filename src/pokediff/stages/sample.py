@@ -40,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
     flags = {"sample.sampler": args.sampler, "sample.steps": args.steps, "sample.eta": args.eta,
              "sample.spacing": args.spacing, "sample.num_images": args.num_images,
              "sample.batch_size": args.batch_size, "sample.seed": args.seed}
-    overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
-    params = load_params(args.params, overrides)
+    params = load_params(args.params, args.overrides, flags)
     cfg = params.sample
 
     out_dir = Path(cfg.out_dir)

@@ -36,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     flags = {"score.num_samples": args.num_samples, "score.batch_size": args.batch_size,
              "score.device": args.device}
-    overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
-    params = load_params(args.params, overrides)
+    params = load_params(args.params, args.overrides, flags)
     cfg = params.score
     samples_dir = Path(args.samples or Path(params.sample.out_dir) / "images")
     ref_path = Path(args.ref or cfg.ref_stats)

@@ -40,12 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pokediff.config import load_params
 
-    flag_overrides = {
-        "train.steps": args.steps, "train.batch_size": args.batch_size, "train.lr": args.lr,
-        "train.out_dir": args.out_dir,
-    }
-    overrides = list(args.overrides) + [f"{k}={v}" for k, v in flag_overrides.items() if v is not None]
-    params = load_params(args.params, overrides)  # validated before any work
+    flags = {"train.steps": args.steps, "train.batch_size": args.batch_size, "train.lr": args.lr,
+             "train.out_dir": args.out_dir}
+    params = load_params(args.params, args.overrides, flags)  # validated before any work
 
     from pokediff.data import load_training_images
     from pokediff.models import UNet, count_parameters
