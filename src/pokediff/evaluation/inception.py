@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pokediff.devices import resolve_device
 from pokediff.imaging import to_uint8  # noqa: F401  (re-exported: the one float -> uint8 conversion)
 
 ResizeMode = Literal["tf1", "antialias"]
@@ -60,21 +61,6 @@ DEFAULT_BATCH_SIZE = 16
 def extractor_id(resize: ResizeMode) -> str:
     """Name of a feature convention; stored with reference statistics so that mixing fails loudly."""
     return f"inception-2015-12-05/pool3/{resize}"
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device {device!r} is not a valid torch device ({exc})") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
-    return resolved
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 
 import pokediff
 from pokediff.config import Params, flatten
+from pokediff.data.fetch import file_sha256
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 ARTIFACT_ROOT = Path("mlruns") / "artifacts"
@@ -159,7 +160,7 @@ class TrainingRun:
             mlflow.log_metrics({f"data.{k}": v for k, v in _finite(flatten(summary)).items()})
             manifest = self.dataset_dir / "manifest.csv"
             if manifest.exists():
-                mlflow.set_tag("pokediff.manifest_sha256", _sha256(manifest))
+                mlflow.set_tag("pokediff.manifest_sha256", file_sha256(manifest))
         if self.validation_dir is not None:
             metrics = _read_json(self.validation_dir / "validation_metrics.json")
             mlflow.log_metrics({f"validation.{k}": v for k, v in _finite(metrics).items()})
@@ -286,9 +287,3 @@ def load_registered_model(uri: str) -> Path:
     if not found:
         raise FileNotFoundError(f"{uri}: the registered model has no model.pt (not logged by pokediff?)")
     return found[0]
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,5 +1,6 @@
 """Training: the loop, EMA, LR schedule, checkpoints (atomic, exactly resumable), DDP."""
 
+from pokediff.devices import resolve_device
 from pokediff.training.checkpoint import (
     CheckpointError,
     atomic_torch_save,
@@ -9,7 +10,7 @@ from pokediff.training.checkpoint import (
     run_fingerprint,
 )
 from pokediff.training.ema import EMA
-from pokediff.training.loop import NonFiniteLossError, TrainResult, resolve_device, train
+from pokediff.training.loop import NonFiniteLossError, TrainResult, train
 from pokediff.training.lr import warmup_cosine
 
 __all__ = [

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
+from pokediff.devices import resolve_device
 from pokediff.models import UNet
 from pokediff.training import distributed as ddp
 from pokediff.training.checkpoint import (
@@ -68,12 +69,6 @@ class TrainResult:
     images_per_second: float = float("nan")
     resumed_from: int = 0
     seconds: float = 0.0
-
-
-def resolve_device(requested: str | None = None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
@@ -155,7 +150,7 @@ def train(
                  no final checkpoint is written, so resume starts from the last periodic one.
     """
     t_start = time.perf_counter()
-    device = resolve_device(str(device) if device else None)
+    device = resolve_device(device)
     info = ddp.init_from_env(device.type)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
