@@ -13,18 +13,15 @@ to the project root (the working directory of every stage). ``MLFLOW_TRACKING_UR
 server. The run of a pipeline is found by the next stage through <train.out_dir>/mlflow_run.json.
 """
 
-from pokediff.tracking.mlflow_store import (
+from pokediff.tracking.registry import (
     CHAMPION_ALIAS,
-    EXPERIMENT_NAME,
     MODEL_NAME,
-    RUN_INFO_FILE,
     EvaluationLogger,
-    TrainingRun,
     champion_version,
-    configure,
     load_registered_model,
-    read_run_info,
 )
+from pokediff.tracking.run import TrainingRun
+from pokediff.tracking.store import EXPERIMENT_NAME, RUN_INFO_FILE, configure, read_run_info
 
 __all__ = [
     "CHAMPION_ALIAS",
