@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from pokediff.cli import main as pokediff_main
 from pokediff.data.sprites import ANIMATED_DIR, DREAMWORLD_DIR, TARBALL_NAME
@@ -116,3 +117,118 @@ def png_declaring_size(width: int, height: int) -> bytes:
 def bomb_png() -> Callable[[int, int], bytes]:
     """`png_declaring_size` as a fixture (test modules here are not importable by name)."""
     return png_declaring_size
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile inputs, made byte by byte (also used by the peak-RSS measurements in the notes)
+# ----------------------------------------------------------------------------------------------
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A complete, valid 1-bit greyscale PNG of width x height (all black), compressed by streaming:
+    a 23000x23000 one is 64 KB of file and 2.1 GB once a decoder expands it to RGBA."""
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    packer = zlib.compressobj(9)
+    block = row * max(1, min(height, (1 << 20) // len(row)))  # rows per call: ~1 MB
+    rows_per_block = len(block) // len(row)
+    parts = []
+    left = height
+    while left > 0:
+        take = min(left, rows_per_block)
+        parts.append(packer.compress(block[: take * len(row)]))
+        left -= take
+    parts.append(packer.flush())
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([1, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", b"".join(parts)) + _png_chunk(
+        b"IEND", b"")
+
+
+def _gif_image_block(image: Image.Image) -> tuple[bytes, bytes]:
+    """(global colour table, image descriptor + LZW data) of `image` saved by Pillow as a GIF."""
+    buffer = io.BytesIO()
+    image.save(buffer, "GIF")
+    data = buffer.getvalue()
+    flags = data[10]
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    table = data[13:pos]
+    while data[pos] == 0x21:  # skip extensions: introducer, label, sub-blocks
+        pos += 2
+        while data[pos]:
+            pos += 1 + data[pos]
+        pos += 1
+    assert data[pos] == 0x2C and data[-1] == 0x3B
+    return table, data[pos:-1]
+
+
+def gif_with_big_frame(width: int = 13000, height: int = 13000) -> bytes:
+    """A GIF whose logical screen (the size in its header) is 8x8: an 8x8 first frame, then a
+    complete width x height second frame (LZW-compressed by Pillow: 13000^2 is 125 KB of file).
+    Pillow enlarges its canvas to fit the second frame when it gets there."""
+    palette = [0, 0, 0, 255, 255, 255]
+    small, big = Image.new("P", (8, 8), 1), Image.new("P", (width, height), 0)
+    small.putpalette(palette)
+    big.putpalette(palette)
+    table, first = _gif_image_block(small)
+    _, second = _gif_image_block(big)
+    del big
+    screen = b"GIF89a" + (8).to_bytes(2, "little") * 2 + bytes([0x80 | (len(table) // 3).bit_length() - 2, 0, 0])
+    delay = b"\x21\xf9\x04\x00\x0a\x00\x00\x00"  # graphic control extension: 100 ms per frame
+    return screen + table + delay + first + delay + second + b"\x3b"
+
+
+def svg_embedding(image: bytes, media: str = "image/png", size: int = 64) -> bytes:
+    import base64
+
+    uri = f"data:{media};base64," + base64.b64encode(image).decode("ascii")
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+            f'width="{size}" height="{size}"><image xlink:href="{uri}" width="{size}" height="{size}"/></svg>'
+            ).encode()
+
+
+def _zeros_deflate(megabytes: int) -> bytes:
+    """Raw deflate data of `megabytes` MiB of zero bytes, ~1 KB per MiB: one full-flushed block
+    repeated (a full flush resets the window, so the copies are independent and can be joined)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = packer.compress(b"\0" * (1 << 20)) + packer.flush(zlib.Z_FULL_FLUSH)
+    return block * megabytes + zlib.compressobj(9, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)
+
+
+def zip_of_zeros(members: list[tuple[str, int, int]], stored: dict[str, bytes] | None = None) -> bytes:
+    """A zip of deflated members (name, MiB of zero bytes, declared uncompressed size in bytes or -1
+    for the true one), written by hand so that a member can lie about its size; `stored` adds
+    ordinary uncompressed members (name -> bytes)."""
+    import struct
+
+    zeros_crc: dict[int, int] = {}
+    body, directory, count = b"", b"", 0
+
+    def add(name: str, method: int, data: bytes, crc: int, size: int) -> None:
+        nonlocal body, directory, count
+        encoded = name.encode()
+        fields = struct.pack("<HHHHHIIIHH", 20, 0, method, 0, 0, crc, len(data), size, len(encoded), 0)
+        offset = len(body)
+        body += b"PK\x03\x04" + fields + encoded + data
+        directory += (b"PK\x01\x02" + struct.pack("<H", 20) + fields + struct.pack("<HHHII", 0, 0, 0, 0, offset)
+                      + encoded)
+        count += 1
+
+    for name, megabytes, declared in members:
+        if megabytes not in zeros_crc:
+            crc, chunk = 0, b"\0" * (1 << 20)
+            for _ in range(megabytes):
+                crc = zlib.crc32(chunk, crc)
+            zeros_crc[megabytes] = crc
+        add(name, 8, _zeros_deflate(megabytes), zeros_crc[megabytes], (megabytes << 20) if declared < 0 else declared)
+    for name, data in (stored or {}).items():
+        add(name, 0, data, zlib.crc32(data), len(data))
+    end = b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, count, count, len(directory), len(body), 0)
+    return body + directory + end
+
+
+@pytest.fixture(scope="session")
+def hostile() -> dict[str, Callable[..., bytes]]:
+    """The crafting functions above, for test modules (which cannot import this conftest by name)."""
+    return {"blank_png": blank_png, "gif_with_big_frame": gif_with_big_frame, "svg_embedding": svg_embedding,
+            "zip_of_zeros": zip_of_zeros}

@@ -219,7 +219,9 @@ def test_too_many_quarantined_files_fail_naming_them(messy_folder: Path, tmp_pat
     assert "data.max_quarantine_fraction" in err
     assert "bad/bomb.png: declared size exceeds the limit" in err  # first few named, in path order
     assert f"and {len(BAD_FILES) - 5} more" in err
-    assert len(read_csv(out / "quarantine.csv")) == len(BAD_FILES)  # still written, for inspection
+    assert "\n" not in err.strip()  # one line
+    assert not (out / "manifest.csv").exists()  # an unusable dataset never replaces one ...
+    assert len(read_csv(out / ".ingest-rejected" / "quarantine.csv")) == len(BAD_FILES)  # ... but is kept to read
 
 
 def test_nothing_usable_fails_and_says_why(tmp_path: Path) -> None:
@@ -231,8 +233,9 @@ def test_nothing_usable_fails_and_says_why(tmp_path: Path) -> None:
         ingest(folder, tmp_path / "ds", IngestSettings(max_quarantine_fraction=1.0), sprite_layout=False,
                progress=False)
     assert "a.png: empty file" in str(caught.value)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(IngestError, match="no image files in the source"):
-        ingest(tmp_path / "ds" / "images", tmp_path / "ds2", IngestSettings(), sprite_layout=False, progress=False)
+        ingest(tmp_path / "empty", tmp_path / "ds2", IngestSettings(), sprite_layout=False, progress=False)
 
 
 def test_duplicates_are_dropped_keeping_the_first_and_counted(tmp_path: Path) -> None:

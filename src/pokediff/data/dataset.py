@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pokediff.data.images import IMAGE_EXTENSIONS, BadImageError, decode_frames, to_square_rgb
+from pokediff.data.images import IMAGE_EXTENSIONS, BadImageError, check_square_limit, decode_frames, to_square_rgb
 from pokediff.data.manifest import MANIFEST_NAME, read_manifest
+from pokediff.errors import PokediffError
 
 # Used for a plain folder when no resolution is asked for (the project's default data.resolution).
 DEFAULT_RESOLUTION = 64
@@ -25,7 +26,7 @@ _FOLDER_MAX_PIXELS = 40_000_000
 _WARN_LIST_LIMIT = 20
 
 
-class NoImagesError(FileNotFoundError):
+class NoImagesError(PokediffError, FileNotFoundError):
     """Nothing usable at the given path; the message names the path."""
 
 
@@ -50,6 +51,7 @@ def _load_square(path: Path, resolution: int | None) -> np.ndarray:
         max_pixels=_FOLDER_MAX_PIXELS,
         svg_render_size=_SVG_OVERSAMPLE * (resolution or DEFAULT_RESOLUTION),
     )[0].image
+    check_square_limit(frame.width, frame.height, _FOLDER_MAX_PIXELS)  # the padded square is allocated too
     if resolution is None:
         if frame.width != frame.height:
             raise BadImageError(f"not square ({frame.width}x{frame.height}) and no resolution given")

@@ -4,6 +4,8 @@ Workers are started with "spawn", not "fork": the caller may have torch (and its
 loaded, and this module imports only Pillow/numpy, so a worker starts in a fraction of a second.
 Tasks are submitted in a bounded window, so a large source is streamed rather than queued whole, and
 every result carries its task index: the caller sorts, so the order of completion never matters.
+Batches and the window are bounded in bytes as well as in files: 16 files of 60 MB each must not
+sit in memory at once (nor be copied to a worker as one pickle).
 """
 
 from __future__ import annotations
@@ -13,13 +15,21 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from itertools import islice
 from multiprocessing import get_context
 
 import numpy as np
 from tqdm import tqdm
 
-from pokediff.data.images import RGB, BadImageError, decode_frames, encode_png, pixel_stats, to_square_rgb
+from pokediff.data.images import (
+    RGB,
+    BadImageError,
+    check_square_limit,
+    decode_frames,
+    encode_png,
+    pixel_stats,
+    to_square_rgb,
+)
+from pokediff.errors import PokediffError
 
 # SVGs are rendered at this multiple of the target resolution, then Lanczos-downsampled like the
 # rasters: the same filter for every image, and resvg's anti-aliasing is not the last word.
@@ -27,13 +37,15 @@ SVG_OVERSAMPLE = 2
 # Files per task sent to a worker process, and tasks in flight per worker (bounds memory: the
 # source is streamed, not loaded whole).
 _BATCH_FILES = 16
+_BATCH_BYTES = 16 * 1024 * 1024  # a batch closes at this many raw bytes (a bigger file goes alone)
 _TASKS_IN_FLIGHT_PER_WORKER = 4
+_BYTES_IN_FLIGHT_PER_WORKER = 2 * _BATCH_BYTES
 _SHOWN_NAMES = 5
 
 Task = tuple[int, str, "bytes | OSError"]  # (index, extension, file bytes or the read error)
 
 
-class WorkerCrashedError(RuntimeError):
+class WorkerCrashedError(PokediffError, RuntimeError):
     """A worker process died (native crash, out of memory); the message names the files it held."""
 
 
@@ -88,6 +100,8 @@ def process_file(data: bytes, extension: str, settings: IngestSettings) -> tuple
         max_pixels=settings.max_pixels,
         svg_render_size=SVG_OVERSAMPLE * settings.resolution,
     )
+    for frame in frames:  # all checked before any square is allocated
+        check_square_limit(frame.image.width, frame.image.height, settings.max_pixels)
     encoded = []
     for frame in frames:
         square = to_square_rgb(frame.image, settings.resolution, settings.background)
@@ -115,8 +129,21 @@ def _process_batch(batch: list[Task]) -> list[FileOutcome]:
     return outcomes
 
 
-def _batches(tasks: Iterator[Task]) -> Iterator[list]:
-    while batch := list(islice(tasks, _BATCH_FILES)):
+def _task_bytes(task: Task) -> int:
+    return len(task[2]) if isinstance(task[2], bytes) else 0
+
+
+def _batches(tasks: Iterator[Task]) -> Iterator[list[Task]]:
+    """Up to _BATCH_FILES tasks and, past the first, _BATCH_BYTES of file bytes per batch."""
+    batch: list[Task] = []
+    size = 0
+    for task in tasks:
+        if batch and (len(batch) == _BATCH_FILES or size + _task_bytes(task) > _BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(task)
+        size += _task_bytes(task)
+    if batch:
         yield batch
 
 
@@ -136,11 +163,14 @@ def decode_all(
         return outcomes
     # spawn and a bounded window: see the module docstring.
     pending: dict[Future, list[str]] = {}
+    pending_bytes: dict[Future, int] = {}
     limit = settings.num_workers * _TASKS_IN_FLIGHT_PER_WORKER
+    byte_limit = settings.num_workers * _BYTES_IN_FLIGHT_PER_WORKER
 
     def collect(done: Iterable[Future]) -> None:
         for future in done:
             names = pending.pop(future)
+            pending_bytes.pop(future)
             try:
                 result = future.result()
             except BrokenProcessPool:
@@ -159,7 +189,9 @@ def decode_all(
         for batch in _batches(tasks):
             future = pool.submit(_process_batch, batch)
             pending[future] = [names[index] for index, _, _ in batch]
-            if len(pending) >= limit:
+            pending_bytes[future] = sum(map(_task_bytes, batch))
+            del batch  # the pool holds its own pickled copy until the task is done
+            while pending and (len(pending) >= limit or sum(pending_bytes.values()) > byte_limit):
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 collect(done)
         collect(list(pending))

