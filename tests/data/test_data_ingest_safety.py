@@ -30,6 +30,7 @@ from pokediff.data import decoding, sources
 from pokediff.data.images import BadImageError, decode_raster
 from pokediff.data.ingest import IngestError, IngestSettings, ingest
 from pokediff.data.sources import SourceError
+from pokediff.errors import PokediffError
 from pokediff.locks import LockedError
 
 ingest_module = importlib.import_module("pokediff.data.ingest")  # (pokediff.data.ingest is also a function)
@@ -270,17 +271,13 @@ def tiny_disk(tmp_path: Path):
 def test_real_full_disk_is_one_line_and_keeps_the_dataset(tiny_disk: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     small = folder_of(tmp_path / "small", {"1.png": png((1, 2, 3))})
-    noisy = {f"{i}.png": png((i, i, i), (400, 300)) for i in range(3)}
-    for name in noisy:  # incompressible pixels: 40 x 256x256 PNGs do not fit in 1 MiB
-        noisy[name] = _encode(Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)))
-    big = folder_of(tmp_path / "big", {f"{i}.png": _encode(Image.fromarray(rng.integers(0, 256, (256, 256, 3),
-                                                                                       dtype=np.uint8)))
-                                       for i in range(40)})
+    big = folder_of(tmp_path / "big", {  # incompressible: 120 x ~12 KB of 64x64 PNGs do not fit in 1 MiB
+        f"{i}.png": _encode(Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))) for i in range(120)
+    })
     out = tiny_disk / "ds"
     assert run_pokediff("ingest", "--quiet", "--source", str(small), "--out-dir", str(out)).returncode == 0
     before = tree(out)
-    result = run_pokediff("ingest", "--quiet", "--source", str(big), "--out-dir", str(out),
-                          "-S", "data.resolution=256")
+    result = run_pokediff("ingest", "--quiet", "--source", str(big), "--out-dir", str(out))
     assert result.returncode == 1
     assert_one_line_error(result.stderr, "cannot write", str(out / ".ingest-build"), "[ENOSPC]",
                           "previous dataset", "unchanged")
@@ -374,11 +371,19 @@ def _ingest_measured(source: Path, out: Path) -> dict:
 # on these inputs (see the notes of issue 8).
 RSS_LIMIT_MB = 400
 
+PATTERN_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><pattern id="p" width="%d" '
+               b'height="%d" patternUnits="userSpaceOnUse"><rect width="%d" height="%d" fill="red"/></pattern>'
+               b'<rect width="10" height="10" fill="url(#p)"/></svg>')
+
 BOMBS = {  # name -> (maker, expected words of the quarantine reason)
     "frame.gif": (lambda h: h["gif_with_big_frame"](13000, 13000), "a GIF frame extends the canvas to 13000x13000"),
     "embedded.svg": (lambda h: h["svg_embedding"](h["blank_png"](23000, 23000)),
                      "SVG embeds an image that is refused: declared size"),
     "wide.png": (lambda h: h["blank_png"](4_000_000, 1), "pads to a 4000000x4000000 square"),
+    # a 3000-unit pattern tile drawn at 64/10 px per unit (resolution 32): a 19200^2 pixmap, 1.45 GB
+    "pattern.svg": (lambda h: PATTERN_SVG % ((3000,) * 4), "SVG renderer died of signal"),
+    # at 100000 units resvg's allocation fails, which aborts the process (main: the whole ingest)
+    "huge-pattern.svg": (lambda h: PATTERN_SVG % ((100000,) * 4), "SVG renderer died of signal"),
 }
 
 
@@ -411,8 +416,8 @@ def test_zip_member_lying_about_its_size_is_read_in_bounded_memory(tmp_path: Pat
 
 def test_zip_inflating_past_the_total_limit_is_refused_whole(first_dataset, tmp_path: Path, hostile) -> None:
     out, before = first_dataset
-    archive = tmp_path / "bomb.zip"  # 3 MB of file, 48 members of 60 MiB each: 2.8 GiB
-    archive.write_bytes(hostile["zip_of_zeros"]([(f"m{i:02d}.png", 60, -1) for i in range(48)]))
+    archive = tmp_path / "bomb.zip"  # 1.2 MB of file, 20 members of 60 MiB each: 1.2 GiB
+    archive.write_bytes(hostile["zip_of_zeros"]([(f"m{i:02d}.png", 60, -1) for i in range(20)]))
     result = _measured(
         "from pathlib import Path\n"
         "from pokediff.data.ingest import IngestSettings, ingest\n"
@@ -515,3 +520,15 @@ def test_non_utf8_names_are_kept_as_escapes(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr[-2000:]
         sources_seen = {row["source"] for row in read_csv(out / "manifest.csv")}
         assert "pika\\xff\\xfe.png" in sources_seen
+
+
+def test_data_errors_are_pokediff_errors_and_keep_their_old_base() -> None:
+    """The CLI prints any PokediffError as one line; code catching the old bases keeps working."""
+    from pokediff.data.dataset import NoImagesError
+    from pokediff.data.decoding import WorkerCrashedError
+    from pokediff.data.fetch import FetchError
+
+    for error, old_base in ((IngestError, RuntimeError), (SourceError, ValueError), (BadImageError, ValueError),
+                            (FetchError, RuntimeError), (NoImagesError, FileNotFoundError),
+                            (WorkerCrashedError, RuntimeError)):
+        assert issubclass(error, PokediffError) and issubclass(error, old_base), error

@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import re
 import struct
 import urllib.parse
@@ -333,18 +334,93 @@ def check_svg_resources(data: bytes, max_pixels: int, depth: int = 0) -> None:
     try:
         parser.Parse(data, True)
     except expat.ExpatError as exc:
-        refuse(f"is not well-formed XML: {exc}")
+        raise BadImageError(f"unreadable SVG: not well-formed XML ({exc})") from None
+
+
+# The renderer runs in a forked child with these limits: resvg allocates whatever a document asks
+# for (a <pattern> tile of 100000 user units at the render scale is a 6.5 TB pixmap: it aborts the
+# process; 20000 units would succeed and take gigabytes), and a failed allocation in Rust is an
+# abort, not an exception. The child's death becomes a quarantine reason instead.
+SVG_RENDER_MEMORY = 1024**3  # bytes of address space the render may add
+SVG_RENDER_SECONDS = 60  # CPU seconds
+_SVG_OUTPUT_LIMIT = 64 * 1024 * 1024  # PNG bytes read back from the child (a 256^2 render is ~100 KB)
+
+
+def _render_svg(text: str, render_size: int) -> bytes:
+    import resvg_py  # local import: only ingest of SVG sources needs the native renderer
+
+    return bytes(resvg_py.svg_to_bytes(svg_string=text, skip_system_fonts=True, width=render_size,
+                                       height=render_size))
+
+
+def _vm_size() -> int:
+    """This process's current address space in bytes (0 when /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _render_svg_limited(text: str, render_size: int) -> bytes:
+    """`_render_svg` in a forked child with RLIMIT_AS/RLIMIT_CPU; BadImageError when it fails or dies.
+
+    Without fork (Windows) or /proc, the render runs in this process, bounded only by the checks
+    made before it.
+    """
+    import resource
+
+    import resvg_py  # noqa: F401 - imported here, before the fork, never in the child
+
+    base = _vm_size()
+    if not hasattr(os, "fork") or base == 0:
+        return _render_svg(text, render_size)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: render, send [status byte][PNG or error text], exit without cleanup
+        status, payload = 1, b"renderer failed"
+        try:
+            os.close(read_fd)
+            quiet = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(quiet, 2)  # Rust prints "memory allocation of N bytes failed" before aborting
+            _, hard = resource.getrlimit(resource.RLIMIT_AS)
+            limit = base + SVG_RENDER_MEMORY
+            resource.setrlimit(resource.RLIMIT_AS, (limit if hard < 0 else min(limit, hard), hard))
+            resource.setrlimit(resource.RLIMIT_CPU, (SVG_RENDER_SECONDS, SVG_RENDER_SECONDS + 5))
+            try:
+                status, payload = 0, _render_svg(text, render_size)
+            except Exception as exc:  # noqa: BLE001 - resvg reports every parse/render failure as ValueError
+                payload = f"{type(exc).__name__}: {exc}".encode()[:2000]
+            with os.fdopen(write_fd, "wb") as out:
+                out.write(bytes([status]) + payload)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        reply = pipe.read(_SVG_OUTPUT_LIMIT + 2)
+    _, wait_status = os.waitpid(pid, 0)
+    if not reply or len(reply) > _SVG_OUTPUT_LIMIT + 1:
+        if os.WIFSIGNALED(wait_status):
+            how = f"died of signal {os.WTERMSIG(wait_status)}"
+        else:
+            how = "gave no image"
+        raise BadImageError(
+            f"SVG renderer {how}: the document needs more than {SVG_RENDER_MEMORY:,} bytes or "
+            f"{SVG_RENDER_SECONDS} CPU seconds to render; not rendered"
+        )
+    if reply[0] != 0:
+        raise BadImageError(f"unreadable SVG: {reply[1:].decode('utf-8', 'replace')}")
+    return reply[1:]
 
 
 def decode_svg(data: bytes, *, render_size: int, max_pixels: int) -> list[Frame]:
     """SVG bytes -> one RGBA frame rendered by resvg to fit a `render_size` square.
 
-    The declared size is checked against `max_pixels` first: resvg aborts the whole process (not
-    an exception) when asked to allocate a huge canvas, and an explicit width/height keeps the
-    actual render bounded whatever the document says.
+    Checked before rendering: the declared size against `max_pixels` (resvg aborts the whole
+    process, not an exception, when asked to allocate a huge canvas), and that the document reads
+    nothing but itself and embeds no raster over `max_pixels` (`check_svg_resources`). The render
+    itself runs with a memory and CPU limit (`_render_svg_limited`), at an explicit width/height.
     """
-    import resvg_py  # local import: only ingest of SVG sources needs the native renderer
-
     if not data:
         raise BadImageError("empty file (0 bytes)")
     if _SVG_ROOT.search(data[:65536]) is None:
@@ -355,12 +431,13 @@ def decode_svg(data: bytes, *, render_size: int, max_pixels: int) -> list[Frame]
     check_svg_resources(data, max_pixels)
     try:
         text = data.decode("utf-8")
-        png = resvg_py.svg_to_bytes(
-            svg_string=text, skip_system_fonts=True, width=render_size, height=render_size
-        )
+    except UnicodeDecodeError as exc:
+        raise BadImageError(f"unreadable SVG: {type(exc).__name__}: {exc}") from None
+    png = _render_svg_limited(text, render_size)
+    try:
         image = Image.open(io.BytesIO(png), formats=("PNG",))
         image.load()
-    except Exception as exc:  # noqa: BLE001 - resvg reports every parse/render failure as ValueError
+    except Exception as exc:  # noqa: BLE001 - a broken render is a property of the file
         raise BadImageError(f"unreadable SVG: {type(exc).__name__}: {exc}") from None
     return [Frame(image.convert("RGBA"), 0, 1)]
 
