@@ -2,7 +2,10 @@
 
 The source is data.source: "sprites" (the pinned tarball in data.raw_dir, see `pokediff fetch-data`)
 or a path to a folder / .tar.gz / .zip of images. Exit code 1 when the dataset is unusable (nothing
-left, or more than data.max_quarantine_fraction of the files quarantined); the message names files.
+left, or more than data.max_quarantine_fraction of the files quarantined; the previous dataset then
+stays, the rejected one is in <out_dir>/.ingest-rejected), when out_dir holds files ingest did not
+write, when another ingest holds out_dir's lock, or when writing fails; the one-line message names
+the file.
 """
 
 from __future__ import annotations
