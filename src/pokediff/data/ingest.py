@@ -85,7 +85,8 @@ _LABEL_ORDER = [
 
 
 class IngestError(PokediffError, RuntimeError):
-    """The dataset is unusable (nothing left, or too much quarantined); the message names files."""
+    """The dataset is unusable (nothing left, too much quarantined), out_dir holds foreign files or links,
+    or writing failed; the one-line message names the file."""
 
 
 @dataclass(frozen=True)
