@@ -96,9 +96,15 @@ def save_model_file(path: str | Path, model_state: dict[str, torch.Tensor], ema_
     contiguous) + metadata {format, step, config: JSON {"model": ..., "diffusion": ...}}."""
     from safetensors.torch import save_file
 
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model_state.items()}
-    if ema_state is not None:
-        tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema_state.items()})
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for prefix, state in (("model", model_state), ("ema", ema_state or {})):
+        for k, v in state.items():
+            v = v.detach().cpu().contiguous()
+            if v.untyped_storage().data_ptr() in seen:  # safetensors refuses shared storage (e.g. ema is model)
+                v = v.clone()
+            seen.add(v.untyped_storage().data_ptr())
+            tensors[f"{prefix}.{k}"] = v
     metadata = {
         "format": MODEL_FORMAT,
         "step": str(int(step)),
@@ -212,7 +218,7 @@ def _load_safetensors(path: Path, map_location: str | torch.device) -> dict:
             config = json.loads(meta["config"])
             step = int(meta["step"])
             states: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}}
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 - a safe_open handle, not a dict
                 which, _, name = key.partition(".")
                 if which not in states or not name:
                     raise CheckpointError(f"{path}: unexpected tensor {shorten(key, 80)} in a model file")
