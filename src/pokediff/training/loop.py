@@ -98,10 +98,10 @@ def _check_resumable(ckpt: dict, model_cfg: ModelConfig, diffusion_cfg: Diffusio
         if saved[section].get(key) != value
     ]
     if diffs:
-        raise CheckpointError(
-            f"{path}: cannot resume, the model/diffusion config differs from the checkpoint's:\n  "
-            + "\n  ".join(diffs)
-            + "\nStart a fresh run (without --resume) or restore the original params."
+        raise CheckpointError(  # one line: the CLI prints it as the error
+            f"{path}: cannot resume, the model/diffusion config differs from the checkpoint's: "
+            + "; ".join(diffs)
+            + ". Start a fresh run (without --resume) or restore the original params."
         )
 
 
