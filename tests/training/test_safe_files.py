@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 
@@ -163,3 +164,27 @@ def test_convert_trusted_v1_files_then_resume_exactly(tmp_path):
     # Nothing is overwritten.
     r = _pokediff("convert-checkpoint", "--trust", "model.pt", "converted.safetensors", cwd=tmp_path)
     assert r.returncode == 2 and "already exists" in r.stderr
+
+
+def test_damaged_or_foreign_model_files_are_one_line_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    from pokediff.models import UNet
+    from pokediff.training import CheckpointError, save_model_file
+
+    cfg = tiny_model_config()
+    good = save_model_file(tmp_path / "good.safetensors", UNet(cfg).state_dict(), None, cfg, DiffusionConfig(), 1)
+    (tmp_path / "half.safetensors").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    save_file({"a": torch.zeros(2)}, tmp_path / "foreign.safetensors")
+    # A config (data from the file) describing a huge network: refused from shapes alone, nothing allocated
+    # (8192 base channels would be a ~100 GB U-Net).
+    meta = {"format": "pokediff-model-v2", "step": "1", "config": json.dumps(
+        {"model": {**cfg.model_dump(mode="json"), "base_channels": 8192}, "diffusion": {}})}
+    save_file({f"model.{k}": v for k, v in UNet(cfg).state_dict().items()}, tmp_path / "huge.safetensors", meta)
+    cases = {"half": "not a readable model file", "foreign": "not a pokediff model file",
+             "huge": "weights do not fit its config (0 tensors missing, 0 unexpected, 127 of another shape"}
+    for name, message in cases.items():
+        with pytest.raises(CheckpointError, match=re.escape(message)) as info:
+            load_model(tmp_path / f"{name}.safetensors")
+        assert "\n" not in str(info.value)
+    assert load_model(good, use_ema=True)[3] == 1  # no EMA stored: falls back to the raw weights

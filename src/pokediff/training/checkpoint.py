@@ -243,12 +243,22 @@ def load_model(path: str | Path, *, use_ema: bool = True, device: str | torch.de
         model_cfg = ModelConfig.model_validate(obj["config"]["model"])
         diffusion_cfg = DiffusionConfig.model_validate(obj["config"]["diffusion"])
         state = obj["ema"] if use_ema and obj.get("ema") is not None else obj["model"]
-        model = UNet(model_cfg)
-        model.load_state_dict(state)
-    except (ValueError, KeyError, TypeError, RuntimeError) as exc:  # pydantic errors are ValueErrors
+        # The config is data from the file: check it against the tensors the file holds on the meta
+        # device (no memory), so a config describing a huge network cannot make us allocate one.
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in UNet(model_cfg).state_dict().items()}
+        have = {k: tuple(v.shape) for k, v in state.items()}
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:  # pydantic: ValueError
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: its config or weights do not make a pokediff U-Net "
-                              f"({shorten(first, 200)})") from None
+        raise CheckpointError(f"{path}: its config does not make a pokediff U-Net ({shorten(first, 200)})") from None
+    if want != have:
+        wrong = sorted(k for k in want.keys() & have.keys() if want[k] != have[k])
+        raise CheckpointError(
+            f"{path}: its weights do not fit its config ({len(want.keys() - have.keys())} tensors missing, "
+            f"{len(have.keys() - want.keys())} unexpected, {len(wrong)} of another shape"
+            + (f", e.g. {shorten(wrong[0], 80)}: {have[wrong[0]]} vs {want[wrong[0]]}" if wrong else "") + ")")
+    model = UNet(model_cfg)
+    model.load_state_dict(state)
     return model.to(device).eval(), model_cfg, diffusion_cfg, int(obj["step"])
 
 
