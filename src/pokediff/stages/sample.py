@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     )
     steps = cfg.steps if (args.steps is not None or cfg.sampler != "ddpm") else None
     if steps is not None and steps > diffusion_cfg.timesteps:
-        raise SystemExit(f"pokediff sample: --steps {steps} exceeds the model's {diffusion_cfg.timesteps} timesteps")
+        from pokediff.errors import UsageError
+
+        raise UsageError(f"--steps {steps} exceeds the model's {diffusion_cfg.timesteps} timesteps (sample.steps)")
     t0 = time.perf_counter()
     result = generate(model, diffusion_cfg, cfg, steps=steps, images_dir=images_dir, grid_path=grid_path,
                       strip_path=grid_path.with_name("progression.png"))
