@@ -53,7 +53,10 @@ def registry(tmp_path_factory):
     project = tmp_path_factory.mktemp("registry")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        # An absolute URI: MLflow caches stores by URI string, and the relative default would stay bound
+        # to this project's database for later tests in other directories.
+        (project / "mlruns").mkdir()
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project}/mlruns/mlflow.db")
         torch.manual_seed(0)
         cfg = tiny_model_config()
         net, ema = UNet(cfg), UNet(cfg)
