@@ -38,7 +38,7 @@ def test_train_then_sample_writes_checkpoint_grid_and_pngs(tmp_path):
     metrics = json.loads((tmp_path / "run" / "train_metrics.json").read_text())
     assert metrics["steps"] == 8 and metrics["dataset_images"] == 6
 
-    r = _pokediff("sample", "--checkpoint", "run/model.pt", "--sampler", "ddim", "--steps", "5",
+    r = _pokediff("sample", "--checkpoint", "run/model.safetensors", "--sampler", "ddim", "--steps", "5",
                   "--num-images", "5", "--batch-size", "2", "--out", "grid.png", *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     pngs = sorted((tmp_path / "grid_images").glob("*.png"))
@@ -50,7 +50,7 @@ def test_train_then_sample_writes_checkpoint_grid_and_pngs(tmp_path):
     assert info["sampler"] == "ddim" and info["steps"] == 5
 
     # Same seed, same images; the sampler is deterministic at eta = 0.
-    r = _pokediff("sample", "--checkpoint", "run/model.pt", "--sampler", "ddim", "--steps", "5",
+    r = _pokediff("sample", "--checkpoint", "run/model.safetensors", "--sampler", "ddim", "--steps", "5",
                   "--num-images", "5", "--out", "again.png", *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     for a, b in zip(pngs, sorted((tmp_path / "again_images").glob("*.png"))):

@@ -13,6 +13,7 @@ import sys
 
 from pokediff import env
 from pokediff.config import ConfigError
+from pokediff.errors import PokediffError
 
 # subcommand -> (module under pokediff.stages, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -24,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ref-stats": ("ref_stats", "Inception reference statistics of the training images (for FID)"),
     "score": ("score", "FID / KID / memorisation of generated samples"),
     "fid": ("fid", "FID and KID between any two image folders"),
+    "convert-checkpoint": ("convert_checkpoint", "convert an old pickled checkpoint or model file (--trust)"),
 }
 
 
@@ -69,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pokediff {name}: {exc}", file=sys.stderr)
         return 2
+    except PokediffError as exc:
+        print(f"pokediff {name}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"pokediff {name}: interrupted", file=sys.stderr)
         return 130

@@ -27,15 +27,18 @@ class Generated:
 
 def load_for_sampling(checkpoint: str | None = None, model_uri: str | None = None, *, use_ema: bool = True,
                       device: str | None = None) -> tuple[nn.Module, DiffusionConfig, str]:
-    """(model in eval mode on device, its diffusion config, a description of where it came from)."""
+    """(model in eval mode on device, its diffusion config, a description of where it came from).
+
+    checkpoint: a model file (model.safetensors) or a training checkpoint (checkpoints/last.pt); both
+    are read without unpickling code (training.checkpoint)."""
     from pokediff.training import load_model, resolve_device
 
     dev = resolve_device(device)
     if model_uri:
         from pokediff.tracking import load_registered_model
 
-        path = load_registered_model(model_uri)
-        model, _, diffusion_cfg, step = load_model(path, use_ema=use_ema, device=dev)
+        # Only the version's safetensors weights are downloaded (to a temporary directory, removed again).
+        model, _, diffusion_cfg, step = load_registered_model(model_uri, use_ema=use_ema, device=dev)
         return model, diffusion_cfg, f"{model_uri} (step {step})"
     if not checkpoint:
         raise ValueError("give a checkpoint path or a model URI")

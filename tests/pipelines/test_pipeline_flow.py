@@ -96,7 +96,7 @@ def test_flow_result_names_the_run_the_model_and_the_fid(pipeline_run):
 def test_outputs_and_dvc_metrics(pipeline_run):
     project, result, _ = pipeline_run
     for path in ("outputs/dataset/manifest.csv", "outputs/validation/validation_metrics.json",
-                 "outputs/ref_stats/ref_stats.npz", "outputs/train/model.pt", "outputs/samples/grid.png",
+                 "outputs/ref_stats/ref_stats.npz", "outputs/train/model.safetensors", "outputs/samples/grid.png",
                  "outputs/samples/progression.png", "outputs/score/metrics.json"):
         assert (project / path).exists(), path
     assert len(list((project / "outputs/samples/images").glob("*.png"))) == 24
@@ -123,7 +123,7 @@ def test_mlflow_run_params_metrics_tags_and_registry(pipeline_run):
     assert [m.step for m in losses] == [2, 4, 6, 8, 10, 12]
     assert {"fid", "kid_mean", "eval_fid", "images_per_second", "grad_norm", "lr"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"checkpoints", "train_log.csv", "model.pt"} <= artifacts
+    assert {"checkpoints", "train_log.csv", "model.safetensors"} <= artifacts
 
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert len(children) == 1 and children[0].data.metrics["fid"] == pytest.approx(result["fid"])
@@ -131,11 +131,13 @@ def test_mlflow_run_params_metrics_tags_and_registry(pipeline_run):
 
     champion = client.get_model_version_by_alias("pokemon-ddpm", "champion")
     assert str(champion.version) == "1" and float(champion.tags["fid"]) == pytest.approx(result["fid"], rel=1e-4)
-    # The registered model is a real mlflow.pytorch model: it loads and predicts.
+    # The registered model's safetensors weights load and predict (no pickle anywhere).
     import torch
 
+    from pokediff.tracking import load_registered_model
+
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
-    model = mlflow.pytorch.load_model("models:/pokemon-ddpm@champion")
+    model, *_ = load_registered_model("models:/pokemon-ddpm@champion")
     assert model(torch.zeros(1, 3, 16, 16), torch.tensor([5])).shape == (1, 3, 16, 16)
 
 

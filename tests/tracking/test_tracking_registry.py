@@ -9,7 +9,7 @@ import torch
 
 from helpers import tiny_model_config
 from pokediff.config import DiffusionConfig, Params
-from pokediff.training.checkpoint import atomic_torch_save, model_file_payload
+from pokediff.training.checkpoint import load_file, save_model_file
 
 
 @pytest.fixture
@@ -25,8 +25,7 @@ def _model_file(path, seed):
     torch.manual_seed(seed)
     cfg = tiny_model_config()
     net = UNet(cfg)
-    payload = model_file_payload(net.state_dict(), net.state_dict(), cfg, DiffusionConfig(), step=3)
-    return atomic_torch_save(payload, path)
+    return save_model_file(path, net.state_dict(), net.state_dict(), cfg, DiffusionConfig(), step=3)
 
 
 def _training_run(out_dir, seed):
@@ -34,7 +33,7 @@ def _training_run(out_dir, seed):
 
     with TrainingRun(Params(), out_dir) as run:
         run.log_metrics(1, {"loss": 0.5, "note": "ignored", "nan": float("nan"), "odd key (é)": 1.0})
-        version = run.finish(_model_file(out_dir / "model.pt", seed), None)
+        version = run.finish(_model_file(out_dir / "model.safetensors", seed), None)
     return run.run_id, version
 
 
@@ -68,10 +67,9 @@ def test_champion_follows_the_best_fid(project):
     assert "note" not in parent.data.metrics and "nan" not in parent.data.metrics
 
     # The champion's weights come back as the exact model file that was registered.
-    path = load_registered_model("models:/pokemon-ddpm@champion")
-    got = torch.load(path, weights_only=False)["ema"]
-    want = torch.load(project / "b" / "model.pt", weights_only=False)["ema"]
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    model, _, _, step = load_registered_model("models:/pokemon-ddpm@champion")
+    want = load_file(project / "b" / "model.safetensors")["ema"]
+    assert step == 3 and all(torch.equal(model.state_dict()[k], want[k]) for k in want)
 
 
 def test_missing_run_info_is_a_clear_error(project):

@@ -94,7 +94,8 @@ def test_ddp_losses_and_weights_match_single_process(runs):
     assert _close([r["grad_norm"] for r in ddp_log], [r["grad_norm"] for r in single_log])
     assert _close([r["lr"] for r in ddp_log], [r["lr"] for r in single_log])
 
-    single_model, ddp_model = load_file(single_dir / "model.pt"), load_file(ddp_dir / "model.pt")
+    single_model = load_file(single_dir / "model.safetensors")
+    ddp_model = load_file(ddp_dir / "model.safetensors")
     assert ddp_model["step"] == single_model["step"] == STEPS
     assert _weights_close(ddp_model["ema"], single_model["ema"])
     assert _weights_close(ddp_model["model"], single_model["model"])
@@ -112,8 +113,8 @@ def _initial_weights(model_file: dict) -> dict:
 
 def test_only_rank_zero_writes(runs):
     (single_dir, _), (ddp_dir, ddp_proc) = runs["single"], runs["ddp"]
-    expected = {"checkpoints/last.pt", "checkpoints/last.json", "model.pt", "train_log.csv", "train_metrics.json",
-                "eval_log.csv"}
+    expected = {"checkpoints/last.pt", "checkpoints/last.json", "model.safetensors", "train_log.csv",
+                "train_metrics.json", "eval_log.csv"}
     assert _files(ddp_dir) == _files(single_dir) == expected  # no stray temp files, no per-rank copies
     assert len(_log(ddp_dir)) == STEPS  # a second writer would duplicate rows
     metrics = json.loads((ddp_dir / "train_metrics.json").read_text())
@@ -141,4 +142,4 @@ def test_wrong_sharding_would_be_caught(runs, image_dir, tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert not _close(wrong.losses, [r["loss"] for r in _log(ddp_dir)])
-    assert not _weights_close(load_file(wrong.model_file)["ema"], load_file(ddp_dir / "model.pt")["ema"])
+    assert not _weights_close(load_file(wrong.model_file)["ema"], load_file(ddp_dir / "model.safetensors")["ema"])

@@ -85,7 +85,7 @@ def test_checkpoint_round_trip_rebuilds_the_exact_model(tmp_path):
 
 def test_atomic_save_never_leaves_a_broken_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    atomic_torch_save({"format": "pokediff-checkpoint-v1", "step": 1}, path)
+    atomic_torch_save({"format": "pokediff-checkpoint-v2", "step": 1}, path)
 
     def crash(obj, f):
         f.write(b"half a checkpoint")
@@ -93,7 +93,7 @@ def test_atomic_save_never_leaves_a_broken_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        atomic_torch_save({"format": "pokediff-checkpoint-v1", "step": 2}, path)
+        atomic_torch_save({"format": "pokediff-checkpoint-v2", "step": 2}, path)
     monkeypatch.undo()
     assert load_file(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "the temporary file is cleaned up"

@@ -1,6 +1,6 @@
 """`pokediff sample`: generate images with DDPM, DDIM or DPM-Solver++ from a trained model.
 
-    pokediff sample --checkpoint outputs/train/model.pt --sampler ddim --steps 50 --num-images 16 --out grid.png
+    pokediff sample --checkpoint outputs/train/model.safetensors --sampler ddim --steps 50 --out grid.png
 
 Writes the individual PNGs (``--images-dir``, default: next to the grid in <grid stem>_images/ or
 sample.out_dir/images), a grid, a denoising progression strip and sample_info.json.
@@ -19,7 +19,8 @@ from pokediff.cli import add_common_arguments
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="model.pt or checkpoints/last.pt (default: <train.out_dir>/model.pt)")
+    src.add_argument("--checkpoint", help="model.safetensors or checkpoints/last.pt "
+                                          "(default: <train.out_dir>/model.safetensors)")
     src.add_argument("--model", help="MLflow model URI, e.g. models:/pokemon-ddpm@champion")
     parser.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], help="(sample.sampler)")
     parser.add_argument("--steps", type=int, help="sampling steps (sample.steps; ddpm uses all T if omitted)")
@@ -55,12 +56,14 @@ def run(args: argparse.Namespace) -> int:
     from pokediff.sampling import generate, load_for_sampling
 
     model, diffusion_cfg, source = load_for_sampling(
-        checkpoint=args.checkpoint or (None if args.model else str(Path(params.train.out_dir) / "model.pt")),
+        checkpoint=args.checkpoint or (None if args.model else str(Path(params.train.out_dir) / "model.safetensors")),
         model_uri=args.model, use_ema=cfg.use_ema and not args.no_ema, device=args.device,
     )
     steps = cfg.steps if (args.steps is not None or cfg.sampler != "ddpm") else None
     if steps is not None and steps > diffusion_cfg.timesteps:
-        raise SystemExit(f"pokediff sample: --steps {steps} exceeds the model's {diffusion_cfg.timesteps} timesteps")
+        from pokediff.errors import UsageError
+
+        raise UsageError(f"--steps {steps} exceeds the model's {diffusion_cfg.timesteps} timesteps (sample.steps)")
     t0 = time.perf_counter()
     result = generate(model, diffusion_cfg, cfg, steps=steps, images_dir=images_dir, grid_path=grid_path,
                       strip_path=grid_path.with_name("progression.png"))

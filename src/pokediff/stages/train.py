@@ -4,7 +4,7 @@
     pokediff train --resume            # continue a killed run from its last checkpoint
 
 Reads the model, diffusion and train sections of params.yaml; flags override them.
-Writes <out_dir>/checkpoints/last.pt, <out_dir>/model.pt, train_log.csv, train_metrics.json and
+Writes <out_dir>/checkpoints/last.pt, <out_dir>/model.safetensors, train_log.csv, train_metrics.json and
 mlflow_run.json (the MLflow run that the sample and score stages add their evaluations to).
 """
 

@@ -3,7 +3,8 @@
 One MLflow run per training (the *pipeline run*): the train stage opens it and logs every param of
 params.yaml, the git commit and the DVC data hash as tags, the dataset and validation summaries,
 per-step loss / lr / grad-norm / images-per-second, in-training FID, the checkpoint and the model
-(``mlflow.pytorch``, registered as ``pokemon-ddpm``, one new version per run). Downstream stages
+(an ``mlflow.pyfunc`` model from code whose only artifact is model.safetensors, registered as
+``pokemon-ddpm``, one new version per run). Downstream stages
 (sample + score) open a *nested* run under it for each evaluation, so changing the sampler and
 re-running gives a second evaluation of the same model, side by side in the UI. The model version
 with the best FID carries the alias ``champion``.

@@ -2,12 +2,15 @@
 
 from pokediff.devices import resolve_device
 from pokediff.training.checkpoint import (
+    MODEL_FILE_NAME,
     CheckpointError,
+    UnsafeCheckpointError,
     atomic_torch_save,
     load_file,
     load_model,
     read_sidecar,
     run_fingerprint,
+    save_model_file,
 )
 from pokediff.training.ema import EMA
 from pokediff.training.loop import NonFiniteLossError, TrainResult, train
@@ -16,5 +19,6 @@ from pokediff.training.lr import warmup_cosine
 __all__ = [
     "train", "TrainResult", "NonFiniteLossError", "resolve_device",
     "EMA", "warmup_cosine",
-    "CheckpointError", "atomic_torch_save", "load_file", "load_model", "read_sidecar", "run_fingerprint",
+    "CheckpointError", "UnsafeCheckpointError", "MODEL_FILE_NAME", "atomic_torch_save", "load_file", "load_model",
+    "read_sidecar", "run_fingerprint", "save_model_file",
 ]

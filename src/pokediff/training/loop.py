@@ -33,10 +33,11 @@ from pokediff.models import UNet
 from pokediff.training import distributed as ddp
 from pokediff.training.checkpoint import (
     CHECKPOINT_FORMAT,
+    MODEL_FILE_NAME,
     CheckpointError,
     atomic_torch_save,
     load_file,
-    model_file_payload,
+    save_model_file,
     write_sidecar,
 )
 from pokediff.training.step import TrainStep, draw_batch
@@ -63,7 +64,7 @@ class NonFiniteLossError(RuntimeError):
 class TrainResult:
     step: int  # optimizer steps completed
     checkpoint: Path  # training checkpoint (resumable)
-    model_file: Path  # EMA weights + configs, for sampling
+    model_file: Path  # model.safetensors: EMA (and raw) weights + configs, for sampling
     log_file: Path
     losses: list[float] = field(default_factory=list)  # per step, every step of this run (1-based order)
     images_per_second: float = float("nan")
@@ -97,10 +98,10 @@ def _check_resumable(ckpt: dict, model_cfg: ModelConfig, diffusion_cfg: Diffusio
         if saved[section].get(key) != value
     ]
     if diffs:
-        raise CheckpointError(
-            f"{path}: cannot resume, the model/diffusion config differs from the checkpoint's:\n  "
-            + "\n  ".join(diffs)
-            + "\nStart a fresh run (without --resume) or restore the original params."
+        raise CheckpointError(  # one line: the CLI prints it as the error
+            f"{path}: cannot resume, the model/diffusion config differs from the checkpoint's: "
+            + "; ".join(diffs)
+            + ". Start a fresh run (without --resume) or restore the original params."
         )
 
 
@@ -156,7 +157,7 @@ def train(
         device = torch.device("cuda", info.local_rank)
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
-    model_path = out_dir / "model.pt"
+    model_path = out_dir / MODEL_FILE_NAME
 
     _validate_images(images, model_cfg)
     if train_cfg.batch_size % info.world_size:
@@ -208,7 +209,7 @@ def train(
                 "diffusion": diffusion_cfg.model_dump(mode="json"),
                 "train": train_cfg.model_dump(mode="json"),
             },
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),  # a plain str: weights_only=True refuses TorchVersion
             "fingerprint": fingerprint,
         }
         path = atomic_torch_save(payload, ckpt_path)
@@ -266,10 +267,7 @@ def train(
     bar.close()
     if (stop_after is None or step >= train_cfg.steps) and info.is_main:
         save_checkpoint(step)
-        atomic_torch_save(
-            model_file_payload(model.state_dict(), trainer.ema.state_dict(), model_cfg, diffusion_cfg, step),
-            model_path,
-        )
+        save_model_file(model_path, model.state_dict(), trainer.ema.state_dict(), model_cfg, diffusion_cfg, step)
     ddp.barrier(info)
     ddp.cleanup(info)
     return TrainResult(

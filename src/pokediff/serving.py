@@ -1,0 +1,93 @@
+"""Sampling requests for the served model: validate a request, generate, return PNGs as base64.
+
+A request row (one per image batch asked for; JSON, e.g. ``{"dataframe_records": [row, ...]}`` to
+``mlflow models serve``'s /invocations):
+
+    {"num_images": 2, "sampler": "ddim", "steps": 20, "seed": 0, "eta": 0.0}   # eta optional (DDIM only)
+
+answer: one row per image, ``{"request": i, "image": j, "png_base64": "<base64 of a PNG>"}``.
+
+Requests are bounded (images per call, rows, steps <= the model's timesteps), so one call cannot ask
+the server for unbounded memory or time. No mlflow import here: the MLflow wrapper is
+pokediff/tracking/pyfunc_model.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from pokediff.config import DiffusionConfig, SampleConfig
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
+MAX_IMAGES_PER_CALL = 64  # summed over the rows of one call
+MAX_ROWS_PER_CALL = 16
+BATCH_SIZE = 16  # images per forward pass while serving
+REQUEST_EXAMPLE = {"num_images": 1, "sampler": "ddim", "steps": 10, "seed": 0, "eta": 0.0}
+
+
+class RequestError(ValueError):
+    """A request the server answers with 400 (the message names the row and field)."""
+
+
+def _int(row: Mapping[str, Any], key: str, i: int, lo: int, hi: int) -> int:
+    value = row.get(key)
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and float(value).is_integer():
+        value = int(value)  # JSON numbers may arrive as floats through a DataFrame
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
+        raise RequestError(f"request {i}: {key} must be an integer from {lo} to {hi}, got {str(value)[:40]}")
+    return int(value)
+
+
+def parse_requests(rows: Iterable[Mapping[str, Any]], timesteps: int) -> list[SampleConfig]:
+    """Request rows -> one SampleConfig each (validated, bounded). Raises RequestError."""
+    rows = list(rows)
+    if not 1 <= len(rows) <= MAX_ROWS_PER_CALL:
+        raise RequestError(f"give 1 to {MAX_ROWS_PER_CALL} request rows, got {len(rows)}")
+    out, total = [], 0
+    for i, row in enumerate(rows):
+        n = _int(row, "num_images", i, 1, MAX_IMAGES_PER_CALL)
+        sampler = row.get("sampler")
+        if sampler not in SAMPLERS:
+            raise RequestError(f"request {i}: sampler must be one of {', '.join(SAMPLERS)}, got {str(sampler)[:40]}")
+        steps = _int(row, "steps", i, 1, timesteps)
+        seed = _int(row, "seed", i, 0, 2**63 - 1)
+        eta = row.get("eta")
+        if eta is None or (isinstance(eta, numbers.Real) and math.isnan(eta)):  # optional: missing -> NaN
+            eta = 0.0
+        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
+            raise RequestError(f"request {i}: eta must be a number from 0 to 1, got {str(eta)[:40]}")
+        total += n
+        if total > MAX_IMAGES_PER_CALL:
+            raise RequestError(f"at most {MAX_IMAGES_PER_CALL} images per call")
+        out.append(SampleConfig(sampler=sampler, steps=steps, eta=float(eta), num_images=n, seed=seed,
+                                batch_size=min(n, BATCH_SIZE)))
+    return out
+
+
+def png_base64(image: torch.Tensor) -> str:
+    """uint8 (C, H, W) -> base64 text of a PNG (no metadata)."""
+    array = image.permute(1, 2, 0).cpu().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def answer(model: nn.Module, diffusion_cfg: DiffusionConfig, rows: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """Generate the images of every request row; [{"request", "image", "png_base64"}, ...]."""
+    from pokediff.sampling import generate
+
+    configs = parse_requests(rows, diffusion_cfg.timesteps)
+    out = []
+    for i, cfg in enumerate(configs):
+        images = generate(model, diffusion_cfg, cfg, steps=cfg.steps).images  # uint8 (N, C, R, R)
+        out += [{"request": i, "image": j, "png_base64": png_base64(img)} for j, img in enumerate(images)]
+    return out
