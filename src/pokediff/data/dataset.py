@@ -15,6 +15,7 @@ import torch
 
 from pokediff.data.images import IMAGE_EXTENSIONS, BadImageError, decode_frames, to_square_rgb
 from pokediff.data.manifest import MANIFEST_NAME, read_manifest
+from pokediff.errors import PokediffError
 
 # Used for a plain folder when no resolution is asked for (the project's default data.resolution).
 DEFAULT_RESOLUTION = 64
@@ -25,7 +26,7 @@ _FOLDER_MAX_PIXELS = 40_000_000
 _WARN_LIST_LIMIT = 20
 
 
-class NoImagesError(FileNotFoundError):
+class NoImagesError(PokediffError, FileNotFoundError):
     """Nothing usable at the given path; the message names the path."""
 
 

@@ -22,12 +22,13 @@ from typing import Any
 import torch
 
 from pokediff.config import DiffusionConfig, ModelConfig
+from pokediff.errors import PokediffError
 
 CHECKPOINT_FORMAT = "pokediff-checkpoint-v1"
 MODEL_FORMAT = "pokediff-model-v1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(PokediffError, RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the requested run."""
 
 
