@@ -381,6 +381,11 @@ def _yaml_scalar(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_yaml_scalar(v) for v in value) + "]"
     if isinstance(value, str):
+        try:  # plain when YAML reads it back as the same string (ddim), else quoted ("1.0", "yes")
+            if parse_yaml(value) == value and value.strip() == value and "," not in value:
+                return value
+        except ValueError:
+            pass
         return json.dumps(value)  # a JSON string is a YAML double-quoted string
     return json.dumps(value)  # int, bool, None
 
@@ -490,3 +495,30 @@ def write_overrides(path: str | Path, overrides: list[str]) -> Params:
     with path.open("w") as f:
         yaml_rt.dump(tree, f)
     return params
+
+
+def overlay_flags(path: str | Path) -> list[str]:
+    """An overlay file as command-line flags: ["-S", "model.base_channels=32", "-S", ...]."""
+    return [arg for override in overlay_overrides(path) for arg in ("-S", override)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pokediff.config --flags FILE``: print an overlay file as shell-quoted -S flags
+    (what the Makefile passes to ``python -m pipelines.flows``)."""
+    import argparse
+    import shlex
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m pokediff.config")
+    parser.add_argument("--flags", metavar="FILE", required=True, help="overlay file -> -S flags")
+    args = parser.parse_args(argv)
+    try:
+        print(shlex.join(overlay_flags(args.flags)))
+    except ConfigError as exc:
+        print(f"pokediff.config: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
