@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.overrides, flags)  # validated before any work (and before torch)
 
     from pokediff.devices import resolve_device
-    from pokediff.errors import UsageError
+    from pokediff.errors import PokediffError, UsageError, describe_os_error, os_error_in_chain
     from pokediff.locks import OutDirLock
     from pokediff.training.memory import check_training_fits, processes_sharing_memory
 
@@ -64,7 +64,14 @@ def run(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun
     # One writer per out-dir (rank 0 writes every file; the other ranks only compute).
     with OutDirLock(params.train.out_dir, "train") if rank == 0 else contextlib.nullcontext():
-        return _run_locked(args, params, device, rank)
+        try:
+            return _run_locked(args, params, device, rank)
+        except (OSError, RuntimeError) as exc:
+            # A full disk inside torch.save names no file: say which run was writing.
+            err, described = os_error_in_chain(exc), describe_os_error(exc)
+            if err is None or err.filename is not None or described is None:
+                raise
+            raise PokediffError(f"{described} (training into {params.train.out_dir})") from exc
 
 
 def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
