@@ -219,3 +219,17 @@ def test_params_default_and_explicit_defaults(tmp_path):
         r = _console(*argv, "-S", "train.batch_size=1000000", "--device", "cpu", cwd=tmp_path)
         _assert_one_line(r, 1, "batch 1000000")  # got as far as the memory check: params were read
     assert main(["train", "--params", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_a_really_full_disk_is_one_line_naming_the_run(bad_inputs, tmp_path):
+    # A 1 MiB tmpfs fills up at the first checkpoint: ENOSPC inside torch.save. Needs mount rights (root).
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        r = _console("train", "--data", str(bad_inputs / "imgs"), "--out-dir", str(disk / "run"), "--steps", "2",
+                     "--batch-size", "2", "--params", "none", "--no-track", "--no-progress", *TINY, cwd=tmp_path)
+        _assert_one_line(r, 1, "No space left on device [ENOSPC]", f"(training into {disk / 'run'})")
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
