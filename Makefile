@@ -11,16 +11,10 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 
-# The small configuration of the main job: a tiny U-Net and a few hundred steps/samples, so a
-# 2-core CPU finishes the whole pipeline in about 15 minutes. On a GPU, `dvc repro` runs params.yaml as is.
-SMALL := \
-	-S model.base_channels=32 -S 'model.channel_mults=[1,2,2,2]' -S model.num_res_blocks=1 \
-	-S 'model.attention_resolutions=[8]' -S model.head_channels=32 -S model.dropout=0.0 \
-	-S train.steps=600 -S train.batch_size=16 -S train.lr=1e-3 -S train.warmup_steps=40 \
-	-S train.checkpoint_every=100 -S train.ema_decay=0.995 \
-	-S train.eval_every=300 -S train.eval_num_samples=64 -S train.eval_sampler_steps=25 \
-	-S sample.sampler=ddim -S sample.steps=25 -S sample.num_images=300 -S sample.batch_size=100 \
-	-S score.num_samples=300 -S score.ref_max_images=300 -S score.batch_size=16
+# The small configuration of the main job (an overlay on params.yaml): a tiny U-Net and a few hundred
+# steps/samples, so a 2-core CPU finishes the whole pipeline in about 15 minutes. On a GPU, `dvc repro`
+# runs params.yaml as is.
+SMALL_CONFIG := configs/cpu-small.yaml
 
 .PHONY: install test pipeline lint clean-outputs
 
@@ -36,7 +30,8 @@ test: install
 	$(BIN)/python -m pytest -q --timeout=1200
 
 pipeline: install
-	$(BIN)/python -m pipelines.flows $(SMALL)
+	small="$$($(BIN)/python -m pokediff.config --flags $(SMALL_CONFIG))" && \
+	eval "$(BIN)/python -m pipelines.flows $$small"
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks pipelines

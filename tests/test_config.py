@@ -1,6 +1,21 @@
+import time
+from pathlib import Path
+
 import pytest
 
-from pokediff.config import ConfigError, Params, load_params, parse_override
+from pokediff.config import (
+    DEFAULTS,
+    MAX_PARAMS_BYTES,
+    ConfigError,
+    Params,
+    _yaml_scalar,
+    load_params,
+    overlay_flags,
+    overlay_overrides,
+    parse_override,
+    parse_yaml,
+)
+from pokediff.errors import UsageError
 
 
 def test_defaults_are_valid_and_flatten():
@@ -10,7 +25,7 @@ def test_defaults_are_valid_and_flatten():
 
 
 def test_overrides_are_parsed_as_yaml(tmp_path):
-    p = load_params(tmp_path / "absent.yaml", ["train.steps=200", "model.channel_mults=[1, 2]", "sample.eta=0.5"])
+    p = load_params("none", ["train.steps=200", "model.channel_mults=[1, 2]", "sample.eta=0.5"])
     assert p.train.steps == 200 and p.model.channel_mults == (1, 2) and p.sample.eta == 0.5
 
 
@@ -23,7 +38,7 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
 ])
 def test_bad_values_name_the_key(tmp_path, override, message):
     with pytest.raises(ConfigError) as info:
-        load_params(tmp_path / "params.yaml", [override])
+        load_params("none", [override])
     assert message in str(info.value)
 
 
@@ -37,3 +52,115 @@ def test_bad_yaml_file_names_the_file(tmp_path):
 def test_override_syntax_errors():
     with pytest.raises(ConfigError, match="must look like section.key=value"):
         parse_override("train.steps")
+
+
+# ------------------------------------------------------------------------------------------------
+# Files: missing, folder, binary, too large, alias bomb, deep nesting; strict types; one-line messages
+# ------------------------------------------------------------------------------------------------
+SMALL = Path(__file__).resolve().parents[1] / "configs" / "cpu-small.yaml"
+
+
+def _error(path=None, overrides=()):
+    with pytest.raises(ConfigError) as info:
+        load_params(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_config_error_is_a_usage_error_and_still_a_value_error():
+    assert issubclass(ConfigError, UsageError) and issubclass(ConfigError, ValueError)
+    assert ConfigError("x").exit_code == 2
+
+
+def test_a_missing_params_file_is_an_error_not_the_defaults(tmp_path):
+    assert _error(tmp_path / "nope.yaml").startswith(f"{tmp_path / 'nope.yaml'}: no such params file")
+    assert load_params(DEFAULTS) == Params() and load_params(None) == Params()
+
+
+def test_folder_binary_and_oversized_params_files_are_one_line_errors(tmp_path):
+    assert "is a folder" in _error(tmp_path)
+    (tmp_path / "bin.yaml").write_bytes(bytes(range(256)) * 4)
+    assert "not a UTF-8 text file" in _error(tmp_path / "bin.yaml")
+    (tmp_path / "nul.yaml").write_bytes(b"train:\x00\n")
+    assert "binary content" in _error(tmp_path / "nul.yaml")
+    (tmp_path / "big.yaml").write_text("# " + "x" * MAX_PARAMS_BYTES + "\n")
+    assert "larger than 1024 KiB" in _error(tmp_path / "big.yaml")
+
+
+def test_yaml_syntax_errors_are_one_line_with_the_position(tmp_path):
+    (tmp_path / "p.yaml").write_text("train:\n  steps: 3\n   lr: [\n")
+    message = _error(tmp_path / "p.yaml")
+    assert message.startswith(f"{tmp_path / 'p.yaml'}: not valid YAML: ") and "(line 3, column" in message
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path):
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"{n}: &{n} [{','.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefg", "bcdefgh")]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines + ["train: {steps: *h}"]) + "\n")
+    t0 = time.perf_counter()
+    message = _error(tmp_path / "bomb.yaml")
+    assert time.perf_counter() - t0 < 1.0 and len(message) < 200
+    assert "anchors and aliases (&, *) are not allowed (line 1)" in message
+    # a lone anchor, and aliases in a -S value, too
+    (tmp_path / "anchor.yaml").write_text("train: &t\n  steps: 3\n")
+    assert "anchors and aliases" in _error(tmp_path / "anchor.yaml")
+    assert "anchors and aliases" in _error(None, ["train.betas=[&x 0.9, *x]"])
+
+
+def test_deep_nesting_and_huge_numbers_are_errors_not_crashes(tmp_path):
+    (tmp_path / "deep.yaml").write_text("train: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nested deeper than" in _error(tmp_path / "deep.yaml")
+    (tmp_path / "int.yaml").write_text("train:\n  steps: " + "9" * 5000 + "\n")
+    assert "int.yaml: not valid YAML" in _error(tmp_path / "int.yaml")
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.steps=true", "train.steps"),
+    ("train.lr=false", "train.lr"),
+    ("train.betas=[0.9,true]", "train.betas"),
+    ("model.channel_mults=[1,true]", "model.channel_mults"),
+    ("data.background=[255,true,255]", "data.background"),
+    ("sample.num_images=yes", "sample.num_images"),
+])
+def test_booleans_are_not_numbers(override, key):
+    assert f"{key}: expected a number, not a boolean" in _error(None, [override])
+
+
+def test_betas_outside_0_1_name_the_key():
+    assert "train.betas: each must be in [0, 1) (got [0.9, 2])" in _error(None, ["train.betas=[0.9,2]"])
+
+
+def test_a_value_where_a_section_belongs_names_the_section():
+    assert _error(None, ["train=5"]).endswith("train: expected a section (mapping), got 5")
+    message = _error(None, ["train=5", "train.out_dir=x"])
+    assert message.startswith("train: expected a section (mapping), got 5")
+
+
+def test_many_errors_stay_one_short_line_and_values_are_cut():
+    message = _error(None, ["train.lr=-1", "train.steps=0", "sample.eta=9", "model.dropout=3", "train.stepz=1"])
+    assert message.count(";") == 2 and message.endswith("(+2 more)")
+    long = _error(None, ["train.out_dir=" + "[" + ",".join(["1"] * 50_000) + "]"])
+    assert len(long) < 400 and "…" in long
+
+
+def test_overlay_file_becomes_overrides_that_reproduce_its_values():
+    overrides = overlay_overrides(SMALL)
+    assert "model.channel_mults=[1,2,2,2]" in overrides and "train.lr=0.001" in overrides
+    assert "sample.sampler=ddim" in overrides
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", overrides)
+    assert params.model.base_channels == 32 and params.train.batch_size == 16 and params.train.lr == 0.001
+    assert overlay_flags(SMALL)[:2] == ["-S", "model.base_channels=32"]
+
+
+def test_yaml_scalars_round_trip_through_overrides():
+    for value in (1e-5, 3e20, 0.001, -2.5, 7, True, None, "ddim", "1.0", "yes", "a b", [1, 2], [0.9, 1e-8]):
+        assert parse_yaml(_yaml_scalar(value)) == value, (value, _yaml_scalar(value))
+
+
+def test_overlay_errors_name_the_file(tmp_path):
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="list.yaml: expected a mapping of sections"):
+        overlay_overrides(tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="nope.yaml: no such overlay file"):
+        overlay_overrides(tmp_path / "nope.yaml")

@@ -3,17 +3,24 @@
 Each subcommand lives in ``pokediff.stages.<module>`` and exposes ``add_arguments(parser)`` and
 ``run(args) -> int``. Modules are imported only when their subcommand runs, so ``pokediff --help``
 stays fast and a heavy dependency (mlflow, great_expectations) is loaded only where it is used.
+
+Error boundary: a ``PokediffError`` (bad params, a missing file, a locked out-dir, a machine too small)
+or a file-system failure (missing/unreadable file, full disk) is printed as ONE line on stderr,
+``pokediff <command>: <message>``, and the exit code is the error's (1, or 2 for usage errors).
+``pokediff --debug <command> ...`` (or POKEDIFF_DEBUG=1) prints the traceback as well. Any other
+exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 from pokediff import env
-from pokediff.config import ConfigError
-from pokediff.errors import PokediffError
+from pokediff.errors import PokediffError, describe_os_error, one_line
 
 # subcommand -> (module under pokediff.stages, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,19 +37,62 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """--params and -S, shared by every subcommand that reads params.yaml."""
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    """--params, --overlay and -S, shared by every subcommand that reads params.yaml."""
+    parser.add_argument(
+        "--params", default=None, metavar="FILE",
+        help="params file (default: ./params.yaml when it exists, else the built-in defaults); "
+             "'none' = the built-in defaults; a FILE that does not exist is an error",
+    )
+    parser.add_argument(
+        "--overlay", dest="overlays", action="append", default=[], metavar="FILE",
+        help="a partial params file applied over --params, before -S (repeatable), "
+             "e.g. --overlay configs/cpu-small.yaml",
+    )
     parser.add_argument(
         "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a params value, e.g. -S train.steps=200 (repeatable; YAML values)",
     )
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (``pokediff train: argument --steps: ...``), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def _resolve_params(args: argparse.Namespace) -> None:
+    """No --params: ./params.yaml when it exists, else the built-in defaults ("none"); an explicit
+    --params FILE must exist (load_params checks). --overlay FILE...: their keys go before the -S
+    overrides (so -S wins; a later overlay wins over an earlier one)."""
+    if hasattr(args, "params") and args.params is None:
+        from pokediff.config import DEFAULTS
+
+        args.params = "params.yaml" if os.path.exists("params.yaml") else DEFAULTS
+    overlays = getattr(args, "overlays", None)
+    if overlays:
+        from pokediff.config import overlay_overrides
+
+        args.overrides = [o for path in overlays for o in overlay_overrides(path)] + list(args.overrides)
+
+
+def _user_error(exc: BaseException) -> tuple[str, int] | None:
+    """(one-line message, exit code) for an error the user can fix; None for a bug."""
+    if isinstance(exc, PokediffError):
+        return one_line(str(exc)), exc.exit_code
+    described = describe_os_error(exc)
+    if described is not None:
+        return one_line(described), 1
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="pokediff",
         description="Denoising diffusion models for Pokémon sprites: data, training, sampling, scoring.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error too (also: POKEDIFF_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -56,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     env.set_offline_defaults()
     env.tune_cpu_allocator()
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("POKEDIFF_DEBUG", "") not in ("", "0")
+    while argv and argv[0] == "--debug":  # global option, before the subcommand
+        debug = True
+        argv.pop(0)
     parser = build_parser()
     # First pass: find the subcommand without failing on its own options.
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
@@ -63,20 +117,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = argv[0]
     module = importlib.import_module(f"pokediff.stages.{COMMANDS[name][0]}")
-    sub = argparse.ArgumentParser(prog=f"pokediff {name}", description=COMMANDS[name][1])
+    sub = _OneLineParser(prog=f"pokediff {name}", description=COMMANDS[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
     try:
+        _resolve_params(args)
         return int(module.run(args) or 0)
-    except ConfigError as exc:
-        print(f"pokediff {name}: {exc}", file=sys.stderr)
-        return 2
-    except PokediffError as exc:
-        print(f"pokediff {name}: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         print(f"pokediff {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the one error boundary
+        reported = _user_error(exc)
+        if reported is None:
+            raise  # a bug: keep the traceback
+        if debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        message, code = reported
+        print(f"pokediff {name}: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -6,17 +6,35 @@ plain arguments. Every section is validated before any work starts, and errors n
     params.yaml: train.lr: Input should be greater than 0 (got -0.001)
 
 Overrides use dotted keys with YAML values, as `dvc exp run -S` does: ``train.steps=200``,
-``model.channel_mults=[1,2]``.
+``model.channel_mults=[1,2]``. An overlay file (``configs/cpu-small.yaml``) is a partial params
+file with the same nesting; ``overlay_overrides(path)`` turns it into such overrides.
+
+Parsing is bounded: params and overlay files are at most ``MAX_PARAMS_BYTES``, must be UTF-8 text,
+and are read by a YAML loader that refuses anchors/aliases (a 352-byte "billion laughs" file would
+otherwise expand to gigabytes) and deep nesting. Values quoted in messages are truncated.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import math
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from pokediff.errors import UsageError, shorten
 
 ScheduleName = Literal["linear", "cosine", "sigmoid"]
 Prediction = Literal["eps", "v", "x0"]
@@ -25,13 +43,44 @@ Spacing = Literal["trailing", "leading", "linspace", "logsnr"]
 Variant = Literal["normal", "shiny", "back", "female"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A params value is invalid; the message names the file and the dotted key."""
+
+
+MAX_PARAMS_BYTES = 1 << 20  # params.yaml is ~3 KB; 1 MiB leaves room and bounds the parse
+MAX_YAML_DEPTH = 32  # params nest 2 levels; deep nesting only serves to exhaust the recursion limit
+MAX_ERRORS_SHOWN = 3  # one line: the first few invalid keys, then "(+N more)"
+DEFAULTS = "none"  # --params none: the built-in defaults, no file
+
+
+def _is_numeric(annotation: Any) -> bool:
+    """int, float, or a tuple/list of them (channel_mults, betas, background)."""
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (tuple, list) and args:
+        return all(a in (int, float) or a is Ellipsis for a in args)
+    return False
+
+
+def _contains_bool(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_contains_bool(v) for v in value)
+    return isinstance(value, bool)
 
 
 class _Section(BaseModel):
     # Unknown keys are errors: a typo in params.yaml must not be silently ignored.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode turns true into 1: `train.steps=true` would silently run one step.
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _is_numeric(field.annotation) and _contains_bool(value):
+            raise ValueError("expected a number, not a boolean")
+        return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,7 +183,7 @@ class TrainConfig(_Section):
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = Field(500, ge=0)  # capped at steps // 5 (see effective_warmup_steps)
     weight_decay: float = Field(0.0, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW; each in [0, 1)
     grad_clip: float = Field(1.0, ge=0.0)  # 0 disables clipping
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     ema_warmup: bool = True  # decay ramps up as min(ema_decay, (1 + step) / (10 + step))
@@ -149,6 +198,13 @@ class TrainConfig(_Section):
     eval_num_samples: int = Field(256, ge=2)
     eval_sampler_steps: int = Field(25, ge=1)
     out_dir: str = "outputs/train"
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):  # also rejects NaN; AdamW would raise mid-setup
+            raise ValueError("each must be in [0, 1)")
+        return v
 
     @property
     def effective_warmup_steps(self) -> int:
@@ -229,19 +285,120 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without anchors/aliases and with a nesting limit.
+
+    Aliases let a few hundred bytes expand to gigabytes ("billion laughs"); deep nesting exhausts
+    the recursion limit. Neither has a use in a params file."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.YAMLError(
+                f"anchors and aliases (&, *) are not allowed (line {event.start_mark.line + 1})")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels "
+                                     f"(line {event.start_mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """One line for a YAML error: the problem and where (PyYAML's own message spans several lines)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem is None:
+        return shorten(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 200)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{shorten(problem, 200)}{where}"
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse one YAML document with the bounded loader; raises ValueError with a one-line reason."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise ValueError(_yaml_problem(exc)) from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer with more than 4300 digits
+        raise ValueError(shorten(str(exc) or type(exc).__name__, 200)) from None
+
+
+def read_yaml_file(path: str | Path, what: str = "params file") -> Any:
+    """Read a small UTF-8 YAML file (at most MAX_PARAMS_BYTES); ConfigError names the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such {what} (use --params {DEFAULTS} for the built-in defaults)"
+                          if what == "params file" else f"{path}: no such {what}")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a {what}")
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_PARAMS_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    if len(raw) > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_PARAMS_BYTES // 1024} KiB; not a {what}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; expected a YAML {what}") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: binary content (NUL bytes); expected a YAML {what}")
+    try:
+        return parse_yaml(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"train.steps=200"`` -> ("train.steps", 200). The value is parsed as YAML."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
+        raise ConfigError(f"override {shorten(text, 100)!r} must look like section.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r} has an empty key")
+        raise ConfigError(f"override {shorten(text, 100)!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+        value = parse_yaml(raw) if raw.strip() else ""
+    except ValueError as exc:
+        raise ConfigError(f"override {shorten(key, 100)}: value is not valid YAML ({exc})") from None
     return key, value
+
+
+def _yaml_scalar(value: Any) -> str:
+    """A value as YAML flow text that PyYAML reads back as the same type (an override's value)."""
+    if isinstance(value, float) and math.isfinite(value):
+        text = repr(value)
+        # PyYAML (YAML 1.1) reads 1e-05 as a string: a float needs a dot in its mantissa.
+        if "e" in text and "." not in text.split("e")[0]:
+            text = text.replace("e", ".0e", 1)
+        return text
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_yaml_scalar(v) for v in value) + "]"
+    if isinstance(value, str):
+        try:  # plain when YAML reads it back as the same string (ddim), else quoted ("1.0", "yes")
+            if parse_yaml(value) == value and value.strip() == value and "," not in value:
+                return value
+        except ValueError:
+            pass
+        return json.dumps(value)  # a JSON string is a YAML double-quoted string
+    return json.dumps(value)  # int, bool, None
+
+
+def overlay_overrides(path: str | Path) -> list[str]:
+    """A partial params file (same nesting as params.yaml, only the keys it changes) as
+    ``section.key=value`` overrides, in file order: ``configs/cpu-small.yaml`` ->
+    ["model.base_channels=32", "model.channel_mults=[1,2,2,2]", ...]."""
+    tree = read_yaml_file(path, "overlay file")
+    if not isinstance(tree, dict) or not tree:
+        raise ConfigError(f"{path}: expected a mapping of sections (like params.yaml), "
+                          f"got {shorten(tree, 60)}")
+    return [f"{key}={_yaml_scalar(value)}" for key, value in flatten(tree).items()]
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
@@ -251,30 +408,37 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any])
     for key, value in items:
         node = tree
         *parents, leaf = key.split(".")
-        for part in parents:
+        for depth, part in enumerate(parents, 1):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {key}: {part!r} is a value, not a section")
+                section = ".".join(parents[:depth])
+                raise ConfigError(f"{shorten(section, 100)}: expected a section (mapping), "
+                                  f"got {shorten(child, 60)} (cannot set {shorten(key, 100)})")
             node = child
         node[leaf] = value
     return tree
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
+    """One line: ``<file>: <key>: <what> (got <value>)``, the first few keys, then ``(+N more)``."""
+    parts = []
+    errors = exc.errors()
+    for err in errors[:MAX_ERRORS_SHOWN]:
+        key = shorten(".".join(str(p) for p in err["loc"]), 100)
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) else f" (got {shorten(got, 60)})"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see params.yaml for the known keys)"
+        elif err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            message = "expected a section (mapping)"
+            shown = f", got {shorten(got, 60)}"
         if not key or isinstance(got, dict):  # a cross-field rule: its message names the keys
-            key_part = f"{key}: " if key else ""
-            lines.append(f"{source}: {key_part}{message}")
+            parts.append(f"{key}: {message}" if key else message)
         else:
-            lines.append(f"{source}: {key}: {message}{shown}")
-    return "invalid parameters:\n  " + "\n  ".join(lines)
+            parts.append(f"{key}: {message}{shown}")
+    more = f" (+{len(errors) - MAX_ERRORS_SHOWN} more)" if len(errors) > MAX_ERRORS_SHOWN else ""
+    return f"{source}: " + "; ".join(parts) + more
 
 
 def params_from_dict(tree: dict[str, Any], source: str = "params") -> Params:
@@ -284,26 +448,25 @@ def params_from_dict(tree: dict[str, Any], source: str = "params") -> Params:
         raise ConfigError(_format_errors(exc, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | dict[str, Any] = (),
+def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | dict[str, Any] = (),
                 flags: dict[str, Any] | None = None) -> Params:
-    """Read params.yaml (missing file -> all defaults), apply overrides, validate everything.
+    """Read a params file, apply overrides, validate everything.
 
+    path:      the params file; it must exist. None or "none" (``DEFAULTS``): the built-in defaults.
     overrides: "section.key=value" strings (values parsed as YAML) or a {dotted key: value} dict.
     flags:     {dotted key: value} from a command's own options, applied last; None values are skipped."""
-    path = Path(path)
     tree: dict[str, Any] = {}
-    if path.exists():
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    source = "params (built-in defaults)"
+    if path is not None and str(path) != DEFAULTS:
+        source = str(path)
+        loaded = read_yaml_file(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
         tree = loaded or {}
     tree = apply_overrides(tree, overrides)
     if flags:
         tree = apply_overrides(tree, {k: v for k, v in flags.items() if v is not None})
-    return params_from_dict(tree, str(path))
+    return params_from_dict(tree, source)
 
 
 def write_overrides(path: str | Path, overrides: list[str]) -> Params:
@@ -313,11 +476,12 @@ def write_overrides(path: str | Path, overrides: list[str]) -> Params:
     from ruamel.yaml.comments import CommentedSeq
 
     path = Path(path)
-    params = load_params(path, overrides)
+    params = load_params(path if path.exists() else DEFAULTS, overrides)  # a new file starts from defaults
     if not overrides:
         return params
     yaml_rt = YAML()
     yaml_rt.preserve_quotes = True
+    # load_params above read the file with the bounded loader (size, no aliases) before ruamel does
     tree = yaml_rt.load(path.read_text()) if path.exists() else {}
     for key, value in map(parse_override, overrides):
         node = tree
@@ -331,3 +495,30 @@ def write_overrides(path: str | Path, overrides: list[str]) -> Params:
     with path.open("w") as f:
         yaml_rt.dump(tree, f)
     return params
+
+
+def overlay_flags(path: str | Path) -> list[str]:
+    """An overlay file as command-line flags: ["-S", "model.base_channels=32", "-S", ...]."""
+    return [arg for override in overlay_overrides(path) for arg in ("-S", override)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pokediff.config --flags FILE``: print an overlay file as shell-quoted -S flags
+    (what the Makefile passes to ``python -m pipelines.flows``)."""
+    import argparse
+    import shlex
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m pokediff.config")
+    parser.add_argument("--flags", metavar="FILE", required=True, help="overlay file -> -S flags")
+    args = parser.parse_args(argv)
+    try:
+        print(shlex.join(overlay_flags(args.flags)))
+    except ConfigError as exc:
+        print(f"pokediff.config: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -29,7 +29,7 @@ def cache_dir() -> Path:
 
 def run_cli(*argv: str) -> int:
     """`pokediff ARGV...` in this process, with params from defaults only (never the repo's file)."""
-    return pokediff_main([argv[0], "--params", "/nonexistent/params.yaml", *argv[1:]])
+    return pokediff_main([argv[0], "--params", "none", *argv[1:]])
 
 
 @pytest.fixture(scope="session")

@@ -87,7 +87,7 @@ def test_stage_errors_are_reported(workspace, capsys) -> None:
 )
 def test_bad_score_params_name_the_key(tmp_path, override, key) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_params(tmp_path / "params.yaml", [override])
+        load_params("none", [override])
 
 
 def test_flags_are_validated_like_params(workspace, capsys) -> None:

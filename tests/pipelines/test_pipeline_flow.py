@@ -32,7 +32,7 @@ TINY = [
 
 def _sprites_tarball() -> Path:
     cache = Path(os.environ.get("POKEDIFF_CACHE_DIR", Path.home() / ".cache" / "pokediff")) / "sprites"
-    subprocess.run([sys.executable, "-m", "pokediff", "fetch-data", "--params", "/nonexistent.yaml",
+    subprocess.run([sys.executable, "-m", "pokediff", "fetch-data", "--params", "none",
                     "--raw-dir", str(cache)], check=True, capture_output=True)
     return next(cache.glob("*.tgz"))
 

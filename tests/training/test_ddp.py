@@ -51,7 +51,7 @@ def _train_cli(args: list[str], image_dir: Path, out_dir: Path, *, torchrun: boo
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
                 if torchrun else [sys.executable])
     cmd = [*launcher, "-m", "pokediff", "train", "--data", str(image_dir), "--out-dir", str(out_dir),
-           "--params", str(out_dir.parent / "no-params.yaml"), "--device", "cpu", "--no-progress", "--no-track"]
+           "--params", "none", "--device", "cpu", "--no-progress", "--no-track"]
     for override in args:
         cmd += ["-S", override]
     # One thread per worker: two ranks on a 2-core machine, and no thread oversubscription.
@@ -132,7 +132,7 @@ def test_wrong_sharding_would_be_caught(runs, image_dir, tmp_path, monkeypatch):
     from pokediff.training import distributed, train
 
     ddp_dir, _ = runs["ddp"]
-    params = load_params(tmp_path / "no-params.yaml", TINY)
+    params = load_params("none", TINY)
     monkeypatch.setattr(distributed, "shard", lambda batch, info: batch[: batch.shape[0] // 2])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a model this small runs ~5x faster on one thread when the 2 cores are shared

@@ -4,6 +4,9 @@
     pokediff train --resume            # continue a killed run from its last checkpoint
 
 Reads the model, diffusion and train sections of params.yaml; flags override them.
+Before anything is allocated, the run's peak memory is estimated (pokediff.training.memory): a run that
+cannot fit stops at once naming the keys to change and the small CPU configuration. The out-dir is
+locked (pokediff.locks) for the whole run: a second `pokediff train` into it stops with a clear message.
 Writes <out_dir>/checkpoints/last.pt, <out_dir>/model.safetensors, train_log.csv, train_metrics.json and
 mlflow_run.json (the MLflow run that the sample and score stages add their evaluations to).
 """
@@ -35,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-memory-check", action="store_true",
+                        help="start even when the run is estimated not to fit in memory")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,17 +47,42 @@ def run(args: argparse.Namespace) -> int:
 
     flags = {"train.steps": args.steps, "train.batch_size": args.batch_size, "train.lr": args.lr,
              "train.out_dir": args.out_dir}
-    params = load_params(args.params, args.overrides, flags)  # validated before any work
+    params = load_params(args.params, args.overrides, flags)  # validated before any work (and before torch)
 
+    from pokediff.devices import resolve_device
+    from pokediff.errors import PokediffError, UsageError, describe_os_error, os_error_in_chain
+    from pokediff.locks import OutDirLock
+    from pokediff.training.memory import check_training_fits, processes_sharing_memory
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise UsageError(f"--device: {exc}") from None
+    if not args.no_memory_check:  # seconds, nothing allocated: an OOM kill becomes a message
+        check_training_fits(params.model, params.train, device, int(os.environ.get("WORLD_SIZE", "1")),
+                            processes_sharing_memory(device))
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun
+    # One writer per out-dir (rank 0 writes every file; the other ranks only compute).
+    with OutDirLock(params.train.out_dir, "train") if rank == 0 else contextlib.nullcontext():
+        try:
+            return _run_locked(args, params, device, rank)
+        except (OSError, RuntimeError) as exc:
+            # A full disk inside torch.save names no file: say which run was writing.
+            err, described = os_error_in_chain(exc), describe_os_error(exc)
+            if err is None or err.filename is not None or described is None:
+                raise
+            raise PokediffError(f"{described} (training into {params.train.out_dir})") from exc
+
+
+def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
     from pokediff.data import load_training_images
-    from pokediff.models import UNet, count_parameters
     from pokediff.training import read_sidecar, run_fingerprint, train
+    from pokediff.training.memory import count_parameters
 
     data_dir = Path(args.data or params.data.out_dir)
     images = load_training_images(data_dir, params.model.resolution)
     out_dir = Path(params.train.out_dir)
-    n_params = count_parameters(UNet(params.model))
-    rank = int(os.environ.get("RANK", "0"))  # set by torchrun
+    n_params = count_parameters(params.model)  # from the config, nothing allocated
     if rank == 0:
         print(f"pokediff train: {images.shape[0]} images from {data_dir}, U-Net {n_params / 1e6:.2f} M params, "
               f"{params.train.steps} steps x batch {params.train.batch_size}")
@@ -79,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             if params.train.eval_every:
                 evaluate = _in_training_evaluator(params, tracker, eval_log)
         result = train(images, params.model, params.diffusion, params.train, out_dir, resume=resume,
-                       device=args.device, progress=not args.no_progress, fingerprint=fingerprint,
+                       device=device, progress=not args.no_progress, fingerprint=fingerprint,
                        on_log=tracker.log_metrics if tracker else None, evaluate=evaluate)
         if rank != 0:
             return 0

@@ -47,7 +47,7 @@ MAX_SAFETENSORS_HEADER = 16 * 2**20
 MAX_METADATA_VALUE = 2**20
 
 
-class CheckpointError(PokediffError):
+class CheckpointError(PokediffError, RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the requested run."""
 
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
 from pokediff.devices import resolve_device
+from pokediff.errors import PokediffError
 from pokediff.models import UNet
 from pokediff.training import distributed as ddp
 from pokediff.training.checkpoint import (
@@ -50,7 +51,7 @@ LogCallback = Callable[[int, dict[str, float]], None]
 EvalCallback = Callable[[nn.Module, int], dict[str, float]]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(PokediffError, RuntimeError):
     def __init__(self, step: int, checkpoint: Path | None):
         self.step, self.checkpoint = step, checkpoint
         where = f"; the last good state is in {checkpoint}" if checkpoint else ""
