@@ -13,6 +13,7 @@ import sys
 
 from pokediff import env
 from pokediff.config import ConfigError
+from pokediff.errors import PokediffError
 
 # subcommand -> (module under pokediff.stages, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pokediff {name}: {exc}", file=sys.stderr)
         return 2
+    except PokediffError as exc:  # one line, no traceback (e.g. an MLflow store that does not answer)
+        print(f"pokediff {name}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"pokediff {name}: interrupted", file=sys.stderr)
         return 130
