@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,19 @@ TRAINING_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUES
 LINK_ENV = {"POKEDIFF_FLOW_RUN_ID": "pokediff.prefect_flow_run_id", "DVC_EXP_NAME": "pokediff.dvc_exp_name"}
 # What the run's Model-metrics page shows: time series and scores only (summaries are JSON artifacts).
 TRAIN_METRICS = ("loss", "lr", "grad_norm", "images_per_second", "eval_fid", "eval_kid_mean")
+QUIET_LOGGERS = ("urllib3.connectionpool", "mlflow.system_metrics")
 MAX_BUFFERED = 200_000  # metric points kept while the store is away (~40 MB at worst)
+
+
+def _reason(exc: BaseException) -> str:
+    """A few words for an MLflow failure: MLflow wraps connection errors in long nested messages."""
+    text = str(exc)
+    for needle, words in (("Connection refused", "connection refused"), ("timed out", "timed out"),
+                          ("Name or service not known", "unknown host"), ("RemoteDisconnected", "server went away"),
+                          ("database is locked", "database is locked"), ("No space left", "disk full")):
+        if needle in text:
+            return words
+    return (text.strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
 def link_tags() -> dict[str, str]:
@@ -82,12 +95,22 @@ class TrainingRun:
     # -- lifecycle
     def __enter__(self) -> TrainingRun:
         self._http_env.__enter__()
+        # One warning per outage is ours to give: urllib3's "Retrying ..." lines and MLflow's system
+        # metrics thread would repeat it on stderr.
+        self._quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
         try:
             self._start()
         except BaseException:
-            self._http_env.__exit__(None, None, None)
+            self._restore()
             raise
         return self
+
+    def _restore(self) -> None:
+        self._http_env.__exit__(None, None, None)
+        for name, level in self._quiet.items():
+            logging.getLogger(name).setLevel(level)
 
     def _start(self) -> None:
         self.experiment_id = configure()  # TrackingError within seconds when the store does not answer
@@ -124,7 +147,7 @@ class TrainingRun:
             if self.broken_since is not None:
                 self._abandon_run()  # end_run failed: drop the fluent run so nothing retries later
         finally:
-            self._http_env.__exit__(None, None, None)
+            self._restore()
 
     def _write_run_info(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -148,8 +171,11 @@ class TrainingRun:
                 source = source.relative_to(root) if root else source
             except ValueError:
                 pass
-            dataset = MetaDataset(resolve_dataset_source(str(source)), name=f"pokemon-{self.params.data.source}"
-                                  f"-{self.params.data.resolution}px", digest=digest[:36])
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local files
+                warnings.simplefilter("ignore")
+                resolved = resolve_dataset_source(str(source))
+            dataset = MetaDataset(resolved, name=f"pokemon-{self.params.data.source}-{self.params.data.resolution}px",
+                                  digest=digest[:36])
             mlflow.log_input(dataset, context="training")
             summary = read_json(self.dataset_dir / "ingest_summary.json")
             if summary:
@@ -179,11 +205,9 @@ class TrainingRun:
             return fn(*args, **kwargs)
         except Exception as exc:  # requests/urllib3 errors, MlflowException, OSError, sqlite errors ...
             self.broken_since = self.last_step
-            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            print(f"pokediff train: MLflow tracking failed at step {self.last_step} ({text}); training "
+            print(f"pokediff train: MLflow tracking failed at step {self.last_step} ({_reason(exc)}); training "
                   "continues, metrics are kept and logged at the end if MLflow answers again", file=sys.stderr)
-            # MLflow's system-metrics thread would report the same outage again: stop it quietly.
-            logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)  # also its errors
             self._stop_system_metrics()
             self._write_run_info()
             return None
@@ -227,12 +251,13 @@ class TrainingRun:
     def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         self.last_step = max(self.last_step, step)
         clean = {k: v for k, v in finite_metrics(metrics).items() if k in TRAIN_METRICS}
-        if self.broken_since is not None:
-            if len(self.buffer) < MAX_BUFFERED:
-                now = int(time.time() * 1000)
-                self.buffer.extend(Metric(k, v, now, step) for k, v in clean.items())
-            return
-        self._call(mlflow.log_metrics, clean, step=step)
+        if self.broken_since is None:
+            self._call(mlflow.log_metrics, clean, step=step)
+            if self.broken_since is None:
+                return
+        if len(self.buffer) < MAX_BUFFERED:  # the store is away: keep the values for the end
+            now = int(time.time() * 1000)
+            self.buffer.extend(Metric(k, v, now, step) for k, v in clean.items())
 
     def log_image(self, image: torch.Tensor, key: str, step: int) -> None:
         """uint8 (C, H, W) image, e.g. the in-training sample grid, as a step-indexed image."""

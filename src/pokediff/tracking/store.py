@@ -31,9 +31,23 @@ PROJECT_MARKERS = ("dvc.yaml", "params.yaml", ".dvc")
 # training (read by the UI from this tag; "custom_model_development" is its model-training kind).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# A saved view of the runs table with FID, KID, loss and the sampler as columns, best FID first. The UI
+# loads it from this experiment tag when opened with ?viewStateShareKey=pokediff (its "Share" feature;
+# plain JSON is accepted there), e.g. http://127.0.0.1:5000/#/experiments/1/runs?viewStateShareKey=pokediff
+RUNS_VIEW_KEY = "pokediff"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
+RUNS_VIEW = {
+    "searchFilter": "", "orderByKey": "metrics.`fid`", "orderByAsc": True,
+    "selectedColumns": ["metrics.`fid`", "metrics.`kid_mean`", "metrics.`loss`", "params.`sample.sampler`",
+                        "params.`sample.steps`", "params.`diffusion.schedule`", "params.`train.steps`",
+                        "tags.`pokediff.eval_key`", "attributes.`Models`", "attributes.`Dataset`"],
+}
 # An MLflow server that does not answer must cost seconds, not MLflow's default of 7 retries with
 # exponential back-off and 120 s timeouts (about 4 minutes before the first error).
 PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, RUNS_VIEW_TAG: json.dumps(RUNS_VIEW)}
 
 
 class TrackingError(PokediffError):
@@ -58,7 +72,7 @@ def tracking_uri() -> str:
     same store from any sub-folder). Outside a project with no MLFLOW_TRACKING_URI: TrackingError,
     raised before anything is written (no stray mlruns/)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
+    if uri and uri != _project_uri_set:
         return uri
     root = project_root()
     if root is None:
@@ -84,17 +98,25 @@ def quick_http(env: dict[str, str] = PROBE_ENV):
                 os.environ[key] = value
 
 
+# mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses): remember the project
+# URI this process set, so that it is not mistaken for the user's choice on the next configure().
+_project_uri_set: str | None = None
+
+
 def configure(experiment: str = EXPERIMENT_NAME) -> str:
     """Point MLflow at the project store (or MLFLOW_TRACKING_URI) and make sure the experiment exists.
 
     With the embedded SQLite store, artifacts go to mlruns/artifacts next to the database, so the whole
     store is one git-ignored folder of the project. A server that does not answer fails here within
     seconds (TrackingError). Returns the experiment id."""
+    global _project_uri_set
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     uri = tracking_uri()
-    local = uri.startswith("sqlite:") and "MLFLOW_TRACKING_URI" not in os.environ
+    local = uri != user_uri
     if local:
         store = Path(uri.removeprefix("sqlite:///"))
         store.parent.mkdir(exist_ok=True)
+        _project_uri_set = uri
     mlflow.set_tracking_uri(uri)
     try:
         with quick_http():
@@ -106,13 +128,13 @@ def configure(experiment: str = EXPERIMENT_NAME) -> str:
     if found is not None:
         if local:
             _relocate_if_moved(store, found.artifact_location)
-        if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        for key, value in EXPERIMENT_TAGS.items():  # experiments made before these tags existed
+            if key not in found.tags:
+                mlflow.MlflowClient().set_experiment_tag(found.experiment_id, key, value)
         return mlflow.set_experiment(experiment).experiment_id
     location = (store.parent / "artifacts").as_uri() if local else None
     try:
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=location,
-                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException:  # created meanwhile by a concurrent stage
         experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
@@ -120,8 +142,13 @@ def configure(experiment: str = EXPERIMENT_NAME) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return shorten(text[0] if text else type(exc).__name__, 200)
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "timed out" in text:
+        return "timed out"
+    lines = text.strip().splitlines()
+    return shorten(lines[0] if lines else type(exc).__name__, 200)
 
 
 def _relocate_if_moved(store: Path, artifact_location: str) -> None:
