@@ -147,3 +147,38 @@ def test_missing_run_info_is_a_clear_error(project):
 
     with pytest.raises(FileNotFoundError, match="mlflow_run.json: no MLflow run recorded"):
         EvaluationLogger(project / "nowhere")
+
+
+def test_dataset_input_summaries_links_and_description(project, monkeypatch):
+    """The dataset is an MLflow dataset input with DVC's md5; counts are JSON artifacts and tags, not
+    metric charts; the run links to the Prefect flow run and the DVC experiment."""
+    from mlflow import MlflowClient
+
+    from pokediff.tracking import TrainingRun
+
+    dataset = project / "outputs" / "dataset"
+    (dataset / "images").mkdir(parents=True)
+    (dataset / "manifest.csv").write_text("path\nimages/a.png\n")
+    (dataset / "ingest_summary.json").write_text(json.dumps({"n_images": 2572, "ignored": {"back": 3}}))
+    (project / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  ingest:\n    outs:\n    - path: outputs/dataset/images\n"
+        "      md5: 0123456789abcdef0123456789abcdef.dir\n")
+    monkeypatch.setenv("POKEDIFF_FLOW_RUN_ID", "flow-run-42")
+    monkeypatch.setenv("DVC_EXP_NAME", "bushy-pram")
+    with TrainingRun(Params(), project / "train", dataset_dir=dataset) as run:
+        run.log_metrics(10, {"loss": 0.5, "images_per_second": 40.0, "train_seconds": 3.0})
+        run.finish(_model_file(project / "train" / "model.pt", 0), None,
+                   summary={"steps": 10, "final_loss": 0.5, "seconds": 3.0, "parameters": 123})
+    client = MlflowClient()
+    got = client.get_run(run.run_id)
+    [dataset_input] = got.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == "0123456789abcdef0123456789abcdef.dir"
+    assert dataset_input.dataset.name == "pokemon-sprites-64px" and "outputs/dataset" in dataset_input.dataset.source
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
+    assert {m for m in got.data.metrics if not m.startswith("system/")} == {"loss", "images_per_second"}
+    assert got.data.tags["pokediff.data.n_images"] == "2572"
+    assert got.data.tags["pokediff.prefect_flow_run_id"] == "flow-run-42"
+    assert got.data.tags["pokediff.dvc_exp_name"] == "bushy-pram"
+    assert {a.path for a in client.list_artifacts(run.run_id, "data")} == {"data/ingest_summary.json"}
+    note = got.data.tags["mlflow.note.content"]
+    assert "| final loss | 0.5 |" in note and "version 1" in note

@@ -102,7 +102,9 @@ def _log_evaluation(params, metrics: dict, metrics_path: Path, samples_dir: Path
     sample_info = sample_dir / "sample_info.json"
     info = json.loads(sample_info.read_text()) if sample_info.exists() else {}
     sample_params = {f"sample.{k}": v for k, v in params.sample.model_dump(mode="json").items()}
-    sample_params.update({f"sample.{k}": info[k] for k in ("steps", "spacing") if k in info})
+    # What the sample stage really used (flags such as --sampler override params.yaml there).
+    sample_params.update({f"sample.{k}": info[k] for k in ("sampler", "steps", "eta", "spacing", "num_images", "seed")
+                          if k in info})
     score_params = {f"score.{k}": v for k, v in params.score.model_dump(mode="json").items()}
     sampler, steps, n = sample_params["sample.sampler"], sample_params["sample.steps"], metrics["num_samples"]
     # The run name carries the evaluation key's sample count: FIDs of different n never compare.

@@ -11,7 +11,8 @@ registry.py: FIDs compare only under one key of num_samples, reference stats and
 
 Default store: ``sqlite:///mlruns/mlflow.db`` with artifacts in ``mlruns/artifacts``, both in the
 project root (found by walking up from the working directory to dvc.yaml / params.yaml / .dvc).
-``MLFLOW_TRACKING_URI`` switches to a server. The run of a pipeline is found by the next stage through <train.out_dir>/mlflow_run.json.
+``MLFLOW_TRACKING_URI`` switches to a server. The run of a pipeline is found by the next stage
+through <train.out_dir>/mlflow_run.json.
 """
 
 from pokediff.tracking.registry import (

@@ -114,7 +114,9 @@ class EvaluationLogger:
                              tags=[RunTag("pokediff.headline_evaluation", child.info.run_id),
                                    RunTag("pokediff.eval_key", key),
                                    RunTag("mlflow.note.content", _with_headline(
-                                       parent.data.tags.get("mlflow.note.content", ""), how, clean, key))])
+                                       parent.data.tags.get("mlflow.note.content", ""), how, clean, key,
+                                       child.info.run_id, any(Path(a).name == "grid.png" and Path(a).exists()
+                                                              for a in artifacts)))])
         version = self.info.get("model_version")
         if version and "fid" in clean:
             result.update(update_champion(str(version), clean["fid"], how or run_name, key=key,
@@ -144,7 +146,8 @@ def _describe_evaluation(how: str, metrics: dict[str, float], key: str, artifact
 HEADLINE_START, HEADLINE_END = "<!-- evaluation -->", "<!-- /evaluation -->"
 
 
-def _with_headline(description: str, how: str, metrics: dict[str, float], key: str) -> str:
+def _with_headline(description: str, how: str, metrics: dict[str, float], key: str, run_id: str = "",
+                   has_grid: bool = False) -> str:
     """The training run's description with its headline evaluation on top (replacing an older one)."""
     if HEADLINE_START in description and HEADLINE_END in description:
         before, rest = description.split(HEADLINE_START, 1)
@@ -153,7 +156,8 @@ def _with_headline(description: str, how: str, metrics: dict[str, float], key: s
     head = f"### FID {fid:.2f}" if fid is not None else "### evaluation"
     if kid is not None:
         head += f" · KID {kid:.4f}"
-    block = f"{HEADLINE_START}\n{head}\n\n{how}; evaluation key `{key}`.\n{HEADLINE_END}\n\n"
+    grid = f" Sample grid: artifact `grid.png` of evaluation run `{run_id}`." if has_grid else ""
+    block = f"{HEADLINE_START}\n{head}\n\n{how}; evaluation key `{key}`.{grid}\n{HEADLINE_END}\n\n"
     return block + description
 
 

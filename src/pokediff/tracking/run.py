@@ -54,8 +54,9 @@ MAX_BUFFERED = 200_000  # metric points kept while the store is away (~40 MB at 
 
 def _reason(exc: BaseException) -> str:
     """A few words for an MLflow failure: MLflow wraps connection errors in long nested messages."""
-    text = str(exc)
+    text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None)
     for needle, words in (("Connection refused", "connection refused"), ("timed out", "timed out"),
+                          ("Max retries exceeded", "the server does not answer"),
                           ("Name or service not known", "unknown host"), ("RemoteDisconnected", "server went away"),
                           ("database is locked", "database is locked"), ("No space left", "disk full")):
         if needle in text:
@@ -167,15 +168,15 @@ class TrainingRun:
         if self.dataset_dir is not None:
             digest = dataset_md5(root, self.dataset_dir) or dvc_data_hash(root / "data.dvc" if root else "data.dvc")
             source = self.dataset_dir.resolve()
-            try:
-                source = source.relative_to(root) if root else source
-            except ValueError:
-                pass
+            if root is not None and source.is_relative_to(root):
+                source = source.relative_to(root)  # the project may be copied: keep the source relative
             with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local files
                 warnings.simplefilter("ignore")
                 resolved = resolve_dataset_source(str(source))
-            dataset = MetaDataset(resolved, name=f"pokemon-{self.params.data.source}-{self.params.data.resolution}px",
-                                  digest=digest[:36])
+            # The pipeline's dataset is named after its source; any other folder after itself.
+            ingested = self.dataset_dir.resolve() == Path(self.params.data.out_dir).resolve()
+            label = self.params.data.source if ingested else self.dataset_dir.name
+            dataset = MetaDataset(resolved, name=f"pokemon-{label}-{self.params.data.resolution}px", digest=digest[:36])
             mlflow.log_input(dataset, context="training")
             summary = read_json(self.dataset_dir / "ingest_summary.json")
             if summary:

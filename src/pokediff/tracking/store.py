@@ -40,7 +40,7 @@ RUNS_VIEW = {
     "searchFilter": "", "orderByKey": "metrics.`fid`", "orderByAsc": True,
     "selectedColumns": ["metrics.`fid`", "metrics.`kid_mean`", "metrics.`loss`", "params.`sample.sampler`",
                         "params.`sample.steps`", "params.`diffusion.schedule`", "params.`train.steps`",
-                        "tags.`pokediff.eval_key`", "attributes.`Models`", "attributes.`Dataset`"],
+                        "tags.`pokediff.eval_key`"],
 }
 # An MLflow server that does not answer must cost seconds, not MLflow's default of 7 retries with
 # exponential back-off and 120 s timeouts (about 4 minutes before the first error).
