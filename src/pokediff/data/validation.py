@@ -12,7 +12,8 @@ dataset with only a `path` column can be checked too. Two tables are validated:
 
 Results go to `out_dir`: validation_result.json (every expectation, success, failing rows named
 by path or variant), validation_metrics.json (for `dvc metrics show`) and data_docs/ (GX's HTML
-report; its stylesheets load from public CDNs, so offline it shows unstyled but complete).
+report; its stylesheets and its index's list of runs load from public CDNs, so offline open
+data_docs/results.html: a static page of every expectation with links to GX's validation pages).
 """
 
 from __future__ import annotations
@@ -323,5 +324,56 @@ def validate_dataset(
             "result": str(out / RESULT_NAME),
             "metrics": str(out / METRICS_NAME),
             "data_docs": str(out / DATA_DOCS_DIR / "index.html"),
+            "results_html": str(write_static_results(report, out / DATA_DOCS_DIR)),
         }
     return report
+
+
+# ----------------------------------------------------------------------------------------------
+# A results page that needs no network
+# ----------------------------------------------------------------------------------------------
+STATIC_RESULTS_NAME = "results.html"
+_ROWS_PER_EXPECTATION = 50
+
+
+def write_static_results(report: ValidationReport, docs_dir: Path) -> Path:
+    """data_docs/results.html: every expectation with its verdict and failing rows, as plain HTML with
+    inline styles. GX's index.html fills its list of validation runs with scripts from public CDNs, so
+    offline it shows an empty table; this page (and the GX pages it links to) open without network."""
+    from html import escape
+
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    gx_pages = sorted(p.relative_to(docs_dir).as_posix() for p in (docs_dir / "validations").rglob("*.html"))
+    verdict = "passed" if report.success else "FAILED"
+    colour = "#1a7f37" if report.success else "#cf222e"
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>pokediff validation</title><style>"
+        "body{font-family:sans-serif;margin:2em;max-width:70em}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "vertical-align:top;text-align:left}table{border-collapse:collapse}.ok{color:#1a7f37}.bad{color:#cf222e}"
+        "</style></head><body>",
+        f"<h1>Dataset validation <span style='color:{colour}'>{verdict}</span></h1>",
+        f"<p>{escape(str(report.dataset_dir))}: {report.n_images} images, "
+        f"{len(report.outcomes) - len(report.failed)}/{len(report.outcomes)} expectations met "
+        f"({report.seconds:.1f} s).</p>",
+        "<table><tr><th></th><th>table</th><th>expectation</th><th>observed</th><th>failing rows</th></tr>",
+    ]
+    for o in report.outcomes:
+        mark = "<span class='ok'>&#10003;</span>" if o.success else "<span class='bad'>&#10007;</span>"
+        observed = "" if o.observed_value is None else escape(str(o.observed_value)[:200])
+        rows = [f"{escape(str(r.get('path', r.get('variant'))))}: {escape(repr(r.get('value'))[:100])}"
+                for r in o.failing[:_ROWS_PER_EXPECTATION]]
+        if len(o.failing) > _ROWS_PER_EXPECTATION:
+            rows.append(f"... and {len(o.failing) - _ROWS_PER_EXPECTATION} more (validation_result.json)")
+        if o.error:
+            rows.insert(0, f"error: {escape(o.error[:300])}")
+        parts.append(f"<tr><td>{mark}</td><td>{escape(o.table)}</td><td>{escape(o.description)}<br><small>"
+                     f"{escape(o.expectation)}</small></td><td>{observed}</td><td>{'<br>'.join(rows)}</td></tr>")
+    parts.append("</table>")
+    if gx_pages:
+        parts.append("<h2>Great Expectations pages</h2><ul>")
+        parts += [f"<li><a href='{escape(page)}'>{escape(page)}</a></li>" for page in gx_pages]
+        parts.append("</ul>")
+    parts.append("</body></html>\n")
+    path = docs_dir / STATIC_RESULTS_NAME
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

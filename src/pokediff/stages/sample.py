@@ -59,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint or (None if args.model else str(Path(params.train.out_dir) / "model.safetensors")),
         model_uri=args.model, use_ema=cfg.use_ema and not args.no_ema, device=args.device,
     )
-    steps = cfg.steps if (args.steps is not None or cfg.sampler != "ddpm") else None
+    # ddpm runs all T steps unless steps are asked for on the command line: --steps or -S sample.steps.
+    steps_given = args.steps is not None or any(o.split("=", 1)[0].strip() == "sample.steps" for o in args.overrides)
+    steps = cfg.steps if (steps_given or cfg.sampler != "ddpm") else None
     if steps is not None and steps > diffusion_cfg.timesteps:
         from pokediff.errors import UsageError
 

@@ -70,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
         metrics["memorisation_train_nn_median"],
     )
     if not args.no_track:
-        _log_evaluation(params, metrics, out, samples_dir)
+        from pokediff.data.fetch import file_sha256
+        from pokediff.tracking import evaluation_key
+
+        key = evaluation_key(metrics["num_samples"], file_sha256(ref_path), evaluator.ref.extractor)
+        _log_evaluation(params, metrics, out, samples_dir, key)
     print(
         f"score: {metrics['num_samples']} samples vs {metrics['num_reference']} reference images: "
         f"FID {metrics['fid']:.2f}, KID {metrics['kid_mean']:.4f} ± {metrics['kid_std']:.4f}, "
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_evaluation(params, metrics: dict, metrics_path: Path, samples_dir: Path) -> None:
+def _log_evaluation(params, metrics: dict, metrics_path: Path, samples_dir: Path, key: str) -> None:
     """Add this evaluation as a nested MLflow run under the pipeline's training run (found through
     <train.out_dir>/mlflow_run.json) and keep the `champion` alias on the best-FID model version.
     Samples made outside the pipeline (no run recorded) are scored without tracking."""
@@ -98,14 +102,20 @@ def _log_evaluation(params, metrics: dict, metrics_path: Path, samples_dir: Path
     sample_info = sample_dir / "sample_info.json"
     info = json.loads(sample_info.read_text()) if sample_info.exists() else {}
     sample_params = {f"sample.{k}": v for k, v in params.sample.model_dump(mode="json").items()}
-    sample_params.update({f"sample.{k}": info[k] for k in ("steps", "spacing") if k in info})
+    # What the sample stage really used (flags such as --sampler override params.yaml there).
+    sample_params.update({f"sample.{k}": info[k] for k in ("sampler", "steps", "eta", "spacing", "num_images", "seed")
+                          if k in info})
     score_params = {f"score.{k}": v for k, v in params.score.model_dump(mode="json").items()}
-    name = f"eval-{sample_params['sample.sampler']}-{sample_params['sample.steps']}"
+    sampler, steps, n = sample_params["sample.sampler"], sample_params["sample.steps"], metrics["num_samples"]
+    # The run name carries the evaluation key's sample count: FIDs of different n never compare.
+    name = f"eval-{sampler}-{steps} n{n}"
+    how = f"{sampler}, {steps} steps, {n} samples"
     artifacts = [metrics_path, metrics_path.with_name("nearest.csv"), sample_info,
                  sample_dir / "grid.png", sample_dir / "progression.png"]
-    result = logger.log({**sample_params, **score_params}, metrics, artifacts, name)
+    result = logger.log({**sample_params, **score_params}, metrics, artifacts, name, key=key, how=how)
     (metrics_path.with_name("mlflow_evaluation.json")).write_text(json.dumps(result, indent=2) + "\n")
-    champion = "this model is the champion" if result.get("is_champion") else (
-        f"champion stays version {result.get('champion_version')} (FID {result.get('champion_fid')})")
+    alias = result.get("champion_alias", "champion")
+    champion = f"this model is @{alias}" if result.get("is_champion") else (
+        f"@{alias} stays version {result.get('champion_version')} (FID {result.get('champion_fid')})")
     print(f"pokediff score: logged to MLflow run {result['pipeline_run_id']} "
-          f"(evaluation {result['evaluation_run_id']}); {champion}")
+          f"(evaluation {result['evaluation_run_id']}, key {key}); {champion}")

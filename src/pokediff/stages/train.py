@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(else start fresh); what the DVC stage uses")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar: one progress line every ~30 s instead (logs, DVC)")
     parser.add_argument("--no-memory-check", action="store_true",
                         help="start even when the run is estimated not to fit in memory")
 
@@ -89,8 +90,8 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
 
     fingerprint = run_fingerprint(images, params.model, params.diffusion, params.train)
     resume = args.resume
+    previous = read_sidecar(out_dir / "checkpoints" / "last.pt")
     if args.auto_resume:
-        previous = read_sidecar(out_dir / "checkpoints" / "last.pt")
         resume = previous.get("fingerprint") == fingerprint
         if previous and rank == 0:
             print(f"pokediff train: resuming from the checkpoint at step {previous.get('step')}" if resume else
@@ -105,7 +106,10 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
     with tracking as tracker:
         evaluate = None
         if rank == 0:
-            eval_log = EvalLog(out_dir / "eval_log.csv", keep_rows=resume)
+            # Like train_log.csv: on resume keep the rows up to the checkpoint's step, drop later ones
+            # (they are evaluated again), so no step appears twice.
+            eval_log = EvalLog(out_dir / "eval_log.csv", keep_rows=resume,
+                               resume_step=int(previous.get("step") or 0) if resume else 0)
             if params.train.eval_every:
                 evaluate = _in_training_evaluator(params, tracker, eval_log)
         result = train(images, params.model, params.diffusion, params.train, out_dir, resume=resume,
@@ -123,36 +127,52 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
         }
         metrics_path = out_dir / "train_metrics.json"
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-        if tracker is not None:
-            tracker.log_metrics(result.step, {"train_seconds": result.seconds, "parameters": n_params})
+        if tracker is not None:  # summaries go to the run's description and JSON, not to metric charts
             version = tracker.finish(result.model_file, result.checkpoint,
-                                     [result.log_file, metrics_path, result.model_file])
-            print(f"pokediff train: MLflow run {tracker.run_id}, registered model version {version}")
+                                     [result.log_file, metrics_path, result.model_file, eval_log.path],
+                                     summary=metrics, grid=out_dir / EVAL_GRID)
+            if version is not None:
+                print(f"pokediff train: MLflow run {tracker.run_id}, registered model version {version}")
     print(f"pokediff train: {result.step} steps in {result.seconds:.1f} s; model -> {result.model_file}")
     return 0
 
 
+EVAL_GRID = "eval_grid.png"  # the last in-training sample grid (also logged to MLflow as samples/)
+
+
 class EvalLog:
     """eval_log.csv (step, fid, kid_mean): the in-training FID curve for `dvc plots`. Always written,
-    header only when in-training evaluation is off, so the DVC output exists."""
+    header only when in-training evaluation is off, so the DVC output exists. On resume the rows up to
+    ``resume_step`` are kept and later ones dropped, as train_log.csv does."""
 
     FIELDS = ["step", "fid", "kid_mean"]
 
-    def __init__(self, path: Path, keep_rows: bool):
+    def __init__(self, path: Path, keep_rows: bool, resume_step: int | None = None):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not (keep_rows and path.exists()):
-            path.write_text(",".join(self.FIELDS) + "\n")
+        kept: list[str] = []
+        if keep_rows and path.exists():
+            lines = path.read_text().splitlines()[1:]
+            kept = [line for line in lines if _step_of(line) is not None
+                    and (resume_step is None or _step_of(line) <= resume_step)]
+        path.write_text(",".join(self.FIELDS) + "\n" + "".join(line + "\n" for line in kept))
 
     def append(self, step: int, fid: float, kid_mean: float) -> None:
         with self.path.open("a") as f:
             f.write(f"{step},{fid:.6g},{kid_mean:.6g}\n")
 
 
+def _step_of(line: str) -> int | None:
+    try:
+        return int(line.split(",", 1)[0])
+    except ValueError:
+        return None
+
+
 def _in_training_evaluator(params, tracker, eval_log: EvalLog):
     """FID of a few EMA samples every train.eval_every steps (needs the reference statistics)."""
     from pokediff.evaluation import FIDEvaluator
-    from pokediff.imaging import make_grid
+    from pokediff.imaging import make_grid, save_png
     from pokediff.sampling import generate
 
     ref = Path(params.score.ref_stats)
@@ -172,8 +192,10 @@ def _in_training_evaluator(params, tracker, eval_log: EvalLog):
         images = generate(ema_model, params.diffusion, sample_cfg, steps=sample_cfg.steps).images
         ema_model.train(was_training)
         scores = evaluator.score(images)
+        grid = make_grid(images[:64])  # uint8 (3, H, W)
+        save_png(grid, eval_log.path.with_name(EVAL_GRID))
         if tracker is not None:
-            tracker.log_image(make_grid(images[:64]), key="samples", step=step)
+            tracker.log_image(grid, key="samples", step=step)
         eval_log.append(step, scores["fid"], scores["kid_mean"])
         return {"eval_fid": scores["fid"], "eval_kid_mean": scores["kid_mean"]}
 

@@ -63,5 +63,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     stream = sys.stdout if report.success else sys.stderr
     print(report.summary_text(), file=stream)
-    print(f"results: {report.files['result']}\nData Docs: {report.files['data_docs']}", file=stream)
+    print(f"results: {report.files['result']}\nData Docs: {report.files['data_docs']} "
+          f"(offline: {report.files['results_html']})", file=stream)
     return 0 if report.success else 1

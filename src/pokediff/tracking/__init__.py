@@ -7,11 +7,13 @@ per-step loss / lr / grad-norm / images-per-second, in-training FID, the checkpo
 ``pokemon-ddpm``, one new version per run). Downstream stages
 (sample + score) open a *nested* run under it for each evaluation, so changing the sampler and
 re-running gives a second evaluation of the same model, side by side in the UI. The model version
-with the best FID carries the alias ``champion``.
+with the best FID under the champion's evaluation key carries the alias ``champion`` (see
+registry.py: FIDs compare only under one key of num_samples, reference stats and feature extractor).
 
-Default store: ``sqlite:///mlruns/mlflow.db`` with artifacts in ``mlruns/artifacts``, both relative
-to the project root (the working directory of every stage). ``MLFLOW_TRACKING_URI`` switches to a
-server. The run of a pipeline is found by the next stage through <train.out_dir>/mlflow_run.json.
+Default store: ``sqlite:///mlruns/mlflow.db`` with artifacts in ``mlruns/artifacts``, both in the
+project root (found by walking up from the working directory to dvc.yaml / params.yaml / .dvc).
+``MLFLOW_TRACKING_URI`` switches to a server. The run of a pipeline is found by the next stage
+through <train.out_dir>/mlflow_run.json.
 """
 
 from pokediff.tracking.registry import (
@@ -19,10 +21,18 @@ from pokediff.tracking.registry import (
     MODEL_NAME,
     EvaluationLogger,
     champion_version,
+    evaluation_key,
     load_registered_model,
 )
 from pokediff.tracking.run import TrainingRun
-from pokediff.tracking.store import EXPERIMENT_NAME, RUN_INFO_FILE, configure, read_run_info
+from pokediff.tracking.store import (
+    EXPERIMENT_NAME,
+    RUN_INFO_FILE,
+    TrackingError,
+    configure,
+    project_root,
+    read_run_info,
+)
 
 __all__ = [
     "CHAMPION_ALIAS",
@@ -30,9 +40,12 @@ __all__ = [
     "MODEL_NAME",
     "RUN_INFO_FILE",
     "EvaluationLogger",
+    "TrackingError",
     "TrainingRun",
     "champion_version",
     "configure",
+    "evaluation_key",
     "load_registered_model",
+    "project_root",
     "read_run_info",
 ]

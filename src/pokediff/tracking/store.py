@@ -2,54 +2,193 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import mlflow
 import yaml
 from mlflow.exceptions import MlflowException
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-ARTIFACT_ROOT = Path("mlruns") / "artifacts"
+from pokediff.errors import PokediffError, shorten
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # relative to the project root (see project_root)
+STORE_DIR = "mlruns"
+ARTIFACT_ROOT = Path(STORE_DIR) / "artifacts"
 EXPERIMENT_NAME = "pokediff"
 RUN_INFO_FILE = "mlflow_run.json"
+# What marks the project root: the folder `pokediff` walks up to from the working directory.
+PROJECT_MARKERS = ("dvc.yaml", "params.yaml", ".dvc")
+# MLflow 3's UI opens an experiment on its GenAI overview unless the experiment says it is for model
+# training (read by the UI from this tag; "custom_model_development" is its model-training kind).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# A saved view of the runs table with FID, KID, loss and the sampler as columns, best FID first. The UI
+# loads it from this experiment tag when opened with ?viewStateShareKey=pokediff (its "Share" feature;
+# plain JSON is accepted there), e.g. http://127.0.0.1:5000/#/experiments/1/runs?viewStateShareKey=pokediff
+RUNS_VIEW_KEY = "pokediff"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
+RUNS_VIEW = {
+    "searchFilter": "", "orderByKey": "metrics.`fid`", "orderByAsc": True,
+    "selectedColumns": ["metrics.`fid`", "metrics.`kid_mean`", "metrics.`loss`", "params.`sample.sampler`",
+                        "params.`sample.steps`", "params.`diffusion.schedule`", "params.`train.steps`",
+                        "tags.`pokediff.eval_key`"],
+}
+# An MLflow server that does not answer must cost seconds, not MLflow's default of 7 retries with
+# exponential back-off and 120 s timeouts (about 4 minutes before the first error).
+PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, RUNS_VIEW_TAG: json.dumps(RUNS_VIEW)}
+
+
+class TrackingError(PokediffError):
+    """The MLflow store cannot be found or reached (one line, with what to do)."""
 
 
 # ----------------------------------------------------------------------------------------------
 # Store set-up and provenance
 # ----------------------------------------------------------------------------------------------
+def project_root(start: str | Path | None = None) -> Path | None:
+    """The nearest folder at or above ``start`` (default: the working directory) holding dvc.yaml,
+    params.yaml or .dvc/, i.e. the pokediff project that `pokediff` runs in; None outside one."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if any((folder / marker).exists() for marker in PROJECT_MARKERS):
+            return folder
+    return None
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the project's SQLite store (absolute, so `pokediff` finds the
+    same store from any sub-folder). Outside a project with no MLFLOW_TRACKING_URI: TrackingError,
+    raised before anything is written (no stray mlruns/)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri != _project_uri_set:
+        return uri
+    root = project_root()
+    if root is None:
+        raise TrackingError(
+            f"no MLflow store: {Path.cwd()} is not inside a pokediff project (no "
+            f"{', '.join(PROJECT_MARKERS)} here or above); run inside the project or set MLFLOW_TRACKING_URI")
+    return f"sqlite:///{root / STORE_DIR / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def quick_http(env: dict[str, str] = PROBE_ENV):
+    """MLflow HTTP settings for a call that must fail fast; a value the user set is kept."""
+    saved = {key: os.environ.get(key) for key in env}
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses): remember the project
+# URI this process set, so that it is not mistaken for the user's choice on the next configure().
+_project_uri_set: str | None = None
+
+
 def configure(experiment: str = EXPERIMENT_NAME) -> str:
     """Point MLflow at the project store (or MLFLOW_TRACKING_URI) and make sure the experiment exists.
 
     With the embedded SQLite store, artifacts go to mlruns/artifacts next to the database, so the whole
-    store is one git-ignored folder. Returns the experiment id."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri == DEFAULT_TRACKING_URI:
-        Path("mlruns").mkdir(exist_ok=True)
+    store is one git-ignored folder of the project. A server that does not answer fails here within
+    seconds (TrackingError). Returns the experiment id."""
+    global _project_uri_set
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = tracking_uri()
+    local = uri != user_uri
+    if local:
+        store = Path(uri.removeprefix("sqlite:///"))
+        store.parent.mkdir(exist_ok=True)
+        _project_uri_set = uri
     mlflow.set_tracking_uri(uri)
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is not None:
-        return mlflow.set_experiment(experiment).experiment_id
-    location = ARTIFACT_ROOT.resolve().as_uri() if uri.startswith("sqlite:") else None
     try:
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+        with quick_http():
+            found = mlflow.get_experiment_by_name(experiment)
+    except Exception as exc:  # requests' ConnectionError, MlflowException, OSError, ...
+        raise TrackingError(
+            f"MLflow store {uri} not reachable ({_first_line(exc)}); start the server, unset "
+            "MLFLOW_TRACKING_URI to use the project store, or pass --no-track") from None
+    if found is not None:
+        if local:
+            _relocate_if_moved(store, found.artifact_location)
+        for key, value in EXPERIMENT_TAGS.items():  # experiments made before these tags existed
+            if key not in found.tags:
+                mlflow.MlflowClient().set_experiment_tag(found.experiment_id, key, value)
+        return mlflow.set_experiment(experiment).experiment_id
+    location = (store.parent / "artifacts").as_uri() if local else None
+    try:
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException:  # created meanwhile by a concurrent stage
         experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
 
-def git_commit() -> str:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "timed out" in text:
+        return "timed out"
+    lines = text.strip().splitlines()
+    return shorten(lines[0] if lines else type(exc).__name__, 200)
+
+
+def _relocate_if_moved(store: Path, artifact_location: str) -> None:
+    """Make a copied or moved project write into its own mlruns/.
+
+    MLflow stores absolute artifact locations (it resolves every local path when an experiment is
+    created), so a copied mlruns/mlflow.db still points at the original project's mlruns/artifacts.
+    The store's own artifact root is always <store folder>/artifacts: when the recorded one differs,
+    rewrite that prefix in the SQLite file (every text column of every table that holds it: the
+    experiment, its runs, logged models, model versions) so that new runs and the copied old ones
+    both resolve inside this project."""
+    wanted = (store.parent / "artifacts").as_uri()
+    if not artifact_location.startswith("file:") or artifact_location == wanted:
+        return
+    old_uri = artifact_location.rstrip("/")
+    if not old_uri.endswith("/artifacts"):  # not a store that pokediff made: leave it alone
+        return
+    old_path = old_uri.removeprefix("file://")
+    new_path = wanted.removeprefix("file://")
+    # The path appears bare and inside file:// URIs (percent-encoded there): replace both spellings.
+    pairs = {(old_path, new_path), (unquote(old_path), unquote(new_path))}
+    with contextlib.closing(sqlite3.connect(store, timeout=30)) as db, db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for _, column, kind, *_ in db.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if "CHAR" in kind.upper() or "TEXT" in kind.upper():
+                    for old, new in pairs:
+                        db.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                                   f'WHERE instr("{column}", ?) > 0', (old, new, old))
+    print(f"pokediff: the MLflow store was moved or copied from {old_path.removesuffix('/artifacts')}; "
+          f"its artifact paths now point into {new_path}", file=sys.stderr)
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
     """HEAD's commit, with "-dirty" when tracked files differ from it; "unknown" outside git."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=cwd).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+                               text=True, check=True, cwd=cwd).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
@@ -58,17 +197,48 @@ def git_commit() -> str:
 def dvc_data_hash(dvc_file: str | Path = "data.dvc") -> str:
     """The md5 that data.dvc pins for data/ (what the raw source was), or "unknown"."""
     try:
-        outs = yaml.safe_load(Path(dvc_file).read_text())["outs"]
+        outs = yaml.safe_load(_read_small(Path(dvc_file)) or "")["outs"]
         return str(outs[0]["md5"])
     except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
         return "unknown"
 
 
-def read_json(path: Path) -> dict[str, Any]:
+def dataset_md5(root: Path | None, dataset_dir: Path) -> str | None:
+    """DVC's md5 of <dataset_dir>/images as recorded in dvc.lock (what the train stage read), or None."""
+    if root is None:
+        return None
+    lock = _read_small(root / "dvc.lock")
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        stages = yaml.safe_load(lock)["stages"] if lock else {}
+        wanted = (dataset_dir.resolve() / "images").relative_to(root).as_posix()
+        for stage in stages.values():
+            for out in stage.get("outs", []):
+                if out.get("path") == wanted and out.get("md5"):
+                    return str(out["md5"])
+    except (KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError):
+        pass
+    return None
+
+
+MAX_SMALL_FILE = 10 << 20  # JSON summaries, dvc.lock, data.dvc: far below this; bigger is not ours
+
+
+def _read_small(path: Path, limit: int = MAX_SMALL_FILE) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError:
+        return None
+    return data.decode("utf-8", "replace") if len(data) <= limit else None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    text = _read_small(Path(path))
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
         return {}
+    return value if isinstance(value, dict) else {}
 
 
 def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:

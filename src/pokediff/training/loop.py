@@ -143,6 +143,7 @@ def train(
     stop_after: int | None = None,
     progress: bool = True,
     fingerprint: str | None = None,
+    progress_seconds: float = 30.0,
 ) -> TrainResult:
     """Train a U-Net on ``images`` (uint8 (N, 3, R, R)) and write checkpoints under ``out_dir``.
 
@@ -150,6 +151,9 @@ def train(
     fingerprint: an identifier of (data, configs) stored with each checkpoint; see run_fingerprint.
     stop_after:  stop after this many optimizer steps of *this* call, as if killed (tests, time limits);
                  no final checkpoint is written, so resume starts from the last periodic one.
+    progress:    a tqdm bar when stderr is a terminal; otherwise (or with progress=False, as in the DVC
+                 stage) one plain line at a logged step every ``progress_seconds`` (and at the end), so
+                 a log file still shows step/total, loss, images/s and the ETA.
     """
     t_start = time.perf_counter()
     device = resolve_device(device)
@@ -224,7 +228,9 @@ def train(
     all_losses: list[float] = []
     window_start, window_images = time.perf_counter(), 0
     last_ips = float("nan")
-    bar = _progress_bar(start_step, train_cfg.steps, progress and info.is_main)
+    use_bar = progress and info.is_main and _is_terminal()
+    bar = _progress_bar(start_step, train_cfg.steps, use_bar)
+    lines = _ProgressLines(start_step, train_cfg.steps, progress_seconds, info.is_main and not use_bar)
 
     trainer.raw_model.train()
     step = start_step
@@ -257,6 +263,7 @@ def train(
                 on_log(step, {k: v for k, v in row.items() if k != "step"})
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{last_ips:.1f}")
+            lines.update(step, row["loss"], last_ips, final=step == end_step)
 
         if info.is_main and step % train_cfg.checkpoint_every == 0 and step < end_step:
             save_checkpoint(step)
@@ -287,6 +294,40 @@ def _validate_images(images: torch.Tensor, model_cfg: ModelConfig) -> None:
         )
     if images.shape[0] == 0:
         raise ValueError("training images: the dataset is empty")
+
+
+def _is_terminal() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
+
+
+class _ProgressLines:
+    """Progress for logs (DVC, Prefect, CI): ``train: step 120/600 (20%) loss 0.0812 31.5 img/s ETA 4m10s``
+    on stdout at the first logged step, then at most every ``every_s`` seconds, and at the last step."""
+
+    def __init__(self, start: int, total: int, every_s: float, enabled: bool):
+        self.start, self.total, self.every_s, self.enabled = start, total, every_s, enabled
+        self.t0 = time.perf_counter()
+        self.last_print: float | None = None
+
+    def update(self, step: int, loss: float, images_per_second: float, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (self.last_print is not None and now - self.last_print < self.every_s and not final):
+            return
+        self.last_print = now
+        done = step - self.start
+        rate = done / max(now - self.t0, 1e-9)  # steps/s of this run, in-training evaluations included
+        eta = _duration((self.total - step) / rate) if rate > 0 else "?"
+        print(f"train: step {step}/{self.total} ({step / max(self.total, 1):.0%}) loss {loss:.4f} "
+              f"{images_per_second:.1f} img/s ETA {eta}", flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _progress_bar(start: int, total: int, enabled: bool):

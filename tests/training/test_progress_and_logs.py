@@ -1,0 +1,72 @@
+"""What a user sees in a log file: progress lines without a terminal, no duplicate eval rows after a
+resume, and `-S sample.steps` honoured by ddpm."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import torch
+
+from helpers import tiny_model_config
+from pokediff.config import DiffusionConfig, TrainConfig
+
+LINE = re.compile(r"^train: step (\d+)/(\d+) \(\d+%\) loss \d+\.\d{4} \d+\.\d img/s ETA (\d+s|\d+m\d\ds|\d+h\d\dm)$")
+
+
+def _images(n: int = 8) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)  # uint8 (N, 3, R, R)
+
+
+def _train(tmp_path, capsys, **kwargs):
+    from pokediff.training import train
+
+    cfg = TrainConfig(steps=12, batch_size=4, warmup_steps=2, log_every=3, checkpoint_every=6)
+    train(_images(), tiny_model_config(), DiffusionConfig(timesteps=50), cfg, tmp_path / "run", device="cpu",
+          progress=False, **kwargs)
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("train:")]
+
+
+def test_progress_lines_without_a_terminal(tmp_path, capsys):
+    """--no-progress (the DVC stage) used to print nothing for the whole run."""
+    lines = _train(tmp_path, capsys, progress_seconds=0)
+    assert [LINE.match(line).group(1) for line in lines] == ["3", "6", "9", "12"], lines
+    assert all(LINE.match(line).group(2) == "12" for line in lines)
+    assert lines[-1].startswith("train: step 12/12 (100%)") and lines[-1].endswith("ETA 0s")
+
+
+def test_progress_lines_are_throttled(tmp_path, capsys):
+    lines = _train(tmp_path, capsys, progress_seconds=3600)
+    assert [LINE.match(line).group(1) for line in lines] == ["3", "12"]  # the first and the last
+
+
+def test_eval_log_drops_rows_after_the_resumed_step(tmp_path):
+    from pokediff.stages.train import EvalLog
+
+    path = tmp_path / "eval_log.csv"
+    path.write_text("step,fid,kid_mean\n100,90,0.1\n200,80,0.09\n300,70,0.08\n")
+    log = EvalLog(path, keep_rows=True, resume_step=200)  # resumed from the checkpoint at step 200
+    log.append(300, 71.0, 0.081)
+    rows = path.read_text().splitlines()
+    assert rows == ["step,fid,kid_mean", "100,90,0.1", "200,80,0.09", "300,71,0.081"]
+    steps = [r.split(",")[0] for r in rows[1:]]
+    assert len(steps) == len(set(steps))
+    EvalLog(path, keep_rows=False)  # a fresh run starts empty
+    assert path.read_text() == "step,fid,kid_mean\n"
+
+
+def test_set_sample_steps_is_honoured_for_ddpm(tmp_path):
+    from pokediff.models import UNet
+    from pokediff.training.checkpoint import save_model_file
+
+    net = UNet(tiny_model_config())
+    save_model_file(tmp_path / "model.safetensors", net.state_dict(), net.state_dict(), tiny_model_config(),
+                                         DiffusionConfig(timesteps=100), step=1)
+    r = subprocess.run([sys.executable, "-m", "pokediff", "sample", "--checkpoint", "model.safetensors", "--sampler", "ddpm",
+                        "-S", "sample.steps=4", "--num-images", "2", "--out", "grid.png", "--device", "cpu"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "sample_info.json").read_text())["steps"] == 4  # was all 100 steps
