@@ -172,8 +172,8 @@ def test_server_back_before_the_end_gets_the_buffered_metrics(tmp_path, monkeypa
     uri = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     net = UNet(tiny_model_config())
-    model_file = save_model_file(tmp_path / "run" / "model.safetensors", net.state_dict(), net.state_dict(), tiny_model_config(),
-                                                      DiffusionConfig(), step=3)
+    model_file = save_model_file(tmp_path / "run" / "model.safetensors", net.state_dict(), net.state_dict(),
+                                 tiny_model_config(), DiffusionConfig(), step=3)
     with mlflow_server(tmp_path / "server", port) as server:
         run = TrainingRun(Params(), tmp_path / "run", system_metrics=False)
         run.__enter__()

@@ -64,8 +64,9 @@ def test_set_sample_steps_is_honoured_for_ddpm(tmp_path):
 
     net = UNet(tiny_model_config())
     save_model_file(tmp_path / "model.safetensors", net.state_dict(), net.state_dict(), tiny_model_config(),
-                                         DiffusionConfig(timesteps=100), step=1)
-    r = subprocess.run([sys.executable, "-m", "pokediff", "sample", "--checkpoint", "model.safetensors", "--sampler", "ddpm",
+                    DiffusionConfig(timesteps=100), step=1)
+    r = subprocess.run([sys.executable, "-m", "pokediff", "sample", "--checkpoint", "model.safetensors",
+                        "--sampler", "ddpm",
                         "-S", "sample.steps=4", "--num-images", "2", "--out", "grid.png", "--device", "cpu"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
