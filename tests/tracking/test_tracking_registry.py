@@ -165,7 +165,7 @@ def test_dataset_input_summaries_links_and_description(project, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "bushy-pram")
     with TrainingRun(Params(), project / "train", dataset_dir=dataset) as run:
         run.log_metrics(10, {"loss": 0.5, "images_per_second": 40.0, "train_seconds": 3.0})
-        run.finish(_model_file(project / "train" / "model.pt", 0), None,
+        run.finish(_model_file(project / "train" / "model.safetensors", 0), None,
                    summary={"steps": 10, "final_loss": 0.5, "seconds": 3.0, "parameters": 123})
     client = MlflowClient()
     got = client.get_run(run.run_id)
