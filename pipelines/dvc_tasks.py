@@ -142,12 +142,23 @@ def git_params_differ() -> bool:
     return out.returncode == 1
 
 
+def _staged(paths: tuple[Path, ...]) -> set[str] | None:
+    """Which of ``paths`` git's index holds changes for (None outside a git checkout)."""
+    out = subprocess.run(["git", "diff", "--cached", "--name-only", "--", *map(str, paths)],
+                         capture_output=True, text=True)
+    return set(out.stdout.split()) if out.returncode == 0 else None
+
+
 @contextmanager
-def files_restored(*paths: Path) -> Iterator[None]:
+def files_restored(*paths: Path, unstage: tuple[Path, ...] = ()) -> Iterator[None]:
     """Put each file back byte for byte on the way out (also on failure), or remove it when it did
     not exist: a run with overrides leaves params.yaml as the user had it, and its experiment
-    (`dvc exp show`) holds what the run used."""
+    (`dvc exp show`) holds what the run used. `dvc exp save` / `dvc exp run` may stage files in git's
+    index (dvc.lock when git does not track it yet, and with it params.yaml): what they staged is
+    unstaged again (for ``paths`` and ``unstage``); what the user had staged stays."""
     saved = {p: p.read_bytes() if p.is_file() else None for p in paths}
+    watched = tuple(paths) + tuple(unstage)
+    staged_before = _staged(watched)
     try:
         yield
     finally:
@@ -156,3 +167,8 @@ def files_restored(*paths: Path) -> Iterator[None]:
                 path.unlink(missing_ok=True)
             elif not path.is_file() or path.read_bytes() != data:
                 path.write_bytes(data)
+        staged_now = _staged(watched)
+        if staged_before is not None and staged_now:
+            added = sorted(staged_now - staged_before)
+            if added:
+                subprocess.run(["git", "reset", "-q", "--", *added], capture_output=True)

