@@ -133,7 +133,7 @@ def test_prefect_tasks_are_the_stages_cached_ones_say_so_and_the_run_has_a_summa
     stages = ["ingest", "validate", "ref_stats", "train", "sample", "score"]
     assert set(stages) <= set(tasks) and "record-experiment" in tasks
     assert all(tasks[s][0] == "Completed" and tasks[s][1].startswith("ran: ") for s in stages)
-    assert "params" in tasks["train"][1]  # why it ran: e.g. a new stage / changed params
+    assert "changed deps: outputs/dataset/images" in tasks["train"][1]  # why it ran, from `dvc status`
     summary = artifacts["pokediff-pipeline"]
     assert result["mlflow_run_id"] in summary and "| score | ran |" in summary and "| fid |" in summary
     assert f"models:/pokemon-ddpm/{result['model_version']}" in summary
