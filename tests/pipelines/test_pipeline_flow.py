@@ -197,11 +197,15 @@ def test_mlflow_run_params_metrics_tags_and_registry(pipeline_run):
     assert {"checkpoints", "train_log.csv", "model.pt"} <= artifacts
 
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
-    assert len(children) == 1 and children[0].data.metrics["fid"] == pytest.approx(result["fid"])
-    assert children[0].data.params["sample.sampler"] == "ddim"
+    # the pipeline's evaluation, and the sweep's two points (ddim:3, dpmpp2m:4) beside it
+    assert len(children) == 3
+    pipeline_eval = next(c for c in children if c.info.run_id == result["evaluation_run_id"])
+    assert pipeline_eval.data.metrics["fid"] == pytest.approx(result["fid"])
+    assert pipeline_eval.data.params["sample.sampler"] == "ddim"
 
     champion = client.get_model_version_by_alias("pokemon-ddpm", "champion")
-    assert str(champion.version) == "1" and float(champion.tags["fid"]) == pytest.approx(result["fid"], rel=1e-4)
+    best = min(c.data.metrics["fid"] for c in children)  # a version keeps its best FID over evaluations
+    assert str(champion.version) == "1" and float(champion.tags["fid"]) == pytest.approx(best, rel=1e-4)
     # The registered model is a real mlflow.pytorch model: it loads and predicts.
     import torch
 
@@ -276,5 +280,7 @@ def test_two_experiments_compare_in_exp_show_metrics_diff_and_plots_diff(pipelin
     diff = json.loads(_dvc("metrics", "diff", "exp-dpm", "exp-ddim6", "--json", cwd=project))
     assert diff["outputs/score/metrics.json"]["fid"]["new"] == pytest.approx(fids["exp-ddim6"])
 
-    plots = json.loads(_dvc("plots", "diff", "main", "exp-dpm", "--json", cwd=project))
+    plots = json.loads(_dvc("plots", "diff", "main", "exp-dpm", "--json", cwd=project))["data"]
     assert {"outputs/train/train_log.csv", "outputs/train/eval_log.csv"} <= set(plots)
+    loss = json.dumps(plots["outputs/train/train_log.csv"])
+    assert '"main"' in loss and '"exp-dpm"' in loss  # both revisions' curves
