@@ -93,14 +93,18 @@ def plot_fid_vs_nfe(points: list[dict], path: Path, title: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for sampler in sorted({p["sampler"] for p in points}):
         pts = sorted((p["nfe"], p["fid"]) for p in points if p["sampler"] == sampler)
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=sampler)
         for x, y in pts:
-            ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
+    ax.set_xticks(sorted({p["nfe"] for p in points}))  # the NFEs measured, as plain numbers
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("NFE (U-Net evaluations per image)")
     ax.set_ylabel("FID (lower is better)")
     ax.set_title(title, fontsize=10)
