@@ -89,7 +89,7 @@ def run_pokediff(*args: str, timeout: float = 120) -> subprocess.CompletedProces
     """The real command in a child process (params from defaults only)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
     return subprocess.run(
-        [sys.executable, "-m", "pokediff", args[0], "--params", "/nonexistent/params.yaml", *args[1:]],
+        [sys.executable, "-m", "pokediff", args[0], "--params", "none", *args[1:]],
         capture_output=True, text=True, errors="backslashreplace", env=env, timeout=timeout,
     )
 
@@ -110,7 +110,7 @@ def test_killed_ingest_leaves_the_previous_dataset_and_the_next_one_recovers(
     out, before = first_dataset
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
     child = subprocess.Popen(  # the real sprites take ~20 s to decode: plenty of time to kill it
-        [sys.executable, "-m", "pokediff", "ingest", "--quiet", "--params", "/nonexistent/params.yaml",
+        [sys.executable, "-m", "pokediff", "ingest", "--quiet", "--params", "none",
          "--source", str(sprites_tarball), "--out-dir", str(out), "--workers", "1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
