@@ -6,6 +6,7 @@ The math lives in pokediff.diffusion; this module only batches, seeds, converts 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +55,13 @@ def _autocast(device: torch.device):
 
 def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, cfg: SampleConfig, *, steps: int | None,
              images_dir: str | Path | None = None, grid_path: str | Path | None = None,
-             strip_path: str | Path | None = None, grid_max: int = 64) -> Generated:
+             strip_path: str | Path | None = None, grid_max: int = 64,
+             on_batch: Callable[[int, int], None] | None = None) -> Generated:
     """Generate cfg.num_images images in batches of cfg.batch_size, reproducibly from cfg.seed.
 
     One CPU generator feeds every batch, so the images do not depend on the device. Optionally writes
-    the PNGs, a grid of the first ``grid_max`` and a strip of x0 estimates along the first trajectory."""
+    the PNGs, a grid of the first ``grid_max`` and a strip of x0 estimates along the first trajectory.
+    ``on_batch(done, total)`` is called after each batch (progress lines)."""
     device = next(model.parameters()).device
     sched = NoiseSchedule(diffusion_cfg.schedule, diffusion_cfg.timesteps)
     sampler = make_sampler(cfg.sampler, sched, steps, eta=cfg.eta, prediction=diffusion_cfg.prediction,
@@ -84,6 +87,8 @@ def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, cfg: SampleConfig
                 paths += save_pngs(images, images_dir, start=done)
             batches.append(images)
             done += n
+            if on_batch is not None:
+                on_batch(done, cfg.num_images)
     images = torch.cat(batches)
     if grid_path is not None:
         save_grid(images[:grid_max], grid_path)

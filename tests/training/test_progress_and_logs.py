@@ -71,3 +71,4 @@ def test_set_sample_steps_is_honoured_for_ddpm(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "sample_info.json").read_text())["steps"] == 4  # was all 100 steps
+    assert "sample: 2/2 images" in r.stdout  # a progress line per batch, also without a terminal

@@ -67,8 +67,14 @@ def run(args: argparse.Namespace) -> int:
 
         raise UsageError(f"--steps {steps} exceeds the model's {diffusion_cfg.timesteps} timesteps (sample.steps)")
     t0 = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:  # one line per batch: visible in DVC/Prefect logs
+        elapsed = time.perf_counter() - t0
+        eta = elapsed / done * (total - done)
+        print(f"sample: {done}/{total} images, {done / elapsed:.1f} img/s, ETA {eta:.0f} s", flush=True)
+
     result = generate(model, diffusion_cfg, cfg, steps=steps, images_dir=images_dir, grid_path=grid_path,
-                      strip_path=grid_path.with_name("progression.png"))
+                      strip_path=grid_path.with_name("progression.png"), on_batch=progress)
     seconds = time.perf_counter() - t0
     info = {"source": source, "sampler": cfg.sampler, "steps": result.steps, "eta": cfg.eta,
             "spacing": result.spacing, "num_images": cfg.num_images, "seed": cfg.seed,
