@@ -283,13 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     from pokediff.env import set_offline_defaults
 
     set_offline_defaults()
-    overrides = list(args.overrides)
-    if args.params_file:
-        try:
-            overrides = overrides_from_file(args.params_file) + overrides
-        except ValueError as exc:
-            print(f"python -m pipelines.flows: {exc}", file=sys.stderr)
-            return 2
+    overrides = cli_overrides("python -m pipelines.flows", args.params_file, args.overrides)
+    if overrides is None:
+        return 2
     state = pokediff_pipeline(schedule=args.schedule, sampler=args.sampler, train_steps=args.train_steps,
                               overrides=overrides, return_state=True)
     code = report_state("pokediff-pipeline", state)
@@ -300,35 +296,24 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-MAX_PARAMS_FILE_BYTES = 1_000_000
-
-
 def overrides_from_file(path: str | Path) -> list[str]:
-    """A nested YAML file (params.yaml's layout) -> ["section.key=value", ...] overrides."""
-    import yaml
+    """A nested YAML file (params.yaml's layout, e.g. configs/cpu-small.yaml) -> ["section.key=value", ...].
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    if path.stat().st_size > MAX_PARAMS_FILE_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_PARAMS_FILE_BYTES} bytes")
+    pokediff.config reads it (size limit, no YAML aliases); a bad file is a one-line ValueError naming it."""
+    from pokediff.config import overlay_overrides
+
+    return overlay_overrides(path)  # ConfigError is a ValueError
+
+
+def cli_overrides(prog: str, params_file: str | None, overrides: list[str]) -> list[str] | None:
+    """--params-file's overrides, then the -S ones (so they win); None after printing a one-line error."""
+    if not params_file:
+        return list(overrides)
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(tree, dict):
-        raise ValueError(f"{path}: expected sections of keys like params.yaml")
-    out = []
-
-    def walk(node: dict, prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                out.append(f"{prefix}{key}={json.dumps(value)}")  # JSON is YAML: lists and strings survive
-
-    walk(tree, "")
-    return out
+        return overrides_from_file(params_file) + list(overrides)
+    except ValueError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from prefect.states import Failed
 
 from pipelines import dvc_tasks
 from pipelines.dvc_tasks import LOCK_FILE, PARAMS_FILE, StepFailed
-from pipelines.flows import SAMPLERS, check_overrides, experiment_name, link_env, overrides_from_file, report_state
+from pipelines.flows import SAMPLERS, check_overrides, cli_overrides, experiment_name, link_env, report_state
 
 # CPU-friendly default: about 1 to 2 minutes per point at 300 images on 2 cores (small U-Net).
 DEFAULT_GRID = ["ddim:10", "ddim:25", "ddim:50", "dpmpp2m:10", "dpmpp2m:20"]
@@ -250,13 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     from pokediff.env import set_offline_defaults
 
     set_offline_defaults()
-    overrides = list(args.overrides)
-    if args.params_file:
-        try:
-            overrides = overrides_from_file(args.params_file) + overrides
-        except ValueError as exc:
-            print(f"python -m pipelines.sweep: {exc}", file=sys.stderr)
-            return 2
+    overrides = cli_overrides("python -m pipelines.sweep", args.params_file, args.overrides)
+    if overrides is None:
+        return 2
     state = pokediff_sweep(grid=args.grid, num_images=args.num_images, overrides=overrides, out_dir=args.out_dir,
                            return_state=True)
     code = report_state("pokediff-sweep", state)
