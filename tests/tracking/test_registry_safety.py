@@ -23,23 +23,14 @@ import torch
 import yaml
 from PIL import Image
 
-from helpers import tiny_model_config
+from helpers import TINY_CLI_OVERRIDES, PicklePayload, tiny_model_config
 from pokediff.config import DiffusionConfig, Params
 from pokediff.training.checkpoint import load_file, save_model_file
 
-TINY = ["-S", "model.base_channels=16", "-S", "model.channel_mults=[1,2]", "-S", "model.num_res_blocks=1",
-        "-S", "model.attention_resolutions=[8]", "-S", "model.head_channels=8", "-S", "model.groups=8",
-        "-S", "model.resolution=16", "-S", "data.resolution=16"]
+TINY = TINY_CLI_OVERRIDES
 
 
-class Payload:
-    """Unpickling this runs code: it writes ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').write('pwned')",)
+Payload = PicklePayload
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +63,10 @@ def registry(tmp_path_factory):
 
 
 def _env(project: Path, **extra) -> dict:
-    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlruns/mlflow.db", **extra}
+    # This interpreter's scripts first on PATH: `mlflow models serve` execs `uvicorn` by name, and
+    # `make test` runs pytest as .venv/bin/python without activating the venv.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlruns/mlflow.db", **extra}
 
 
 def _pokediff(*args, cwd, env):

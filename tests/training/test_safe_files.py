@@ -13,24 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import tiny_model_config
+from helpers import TINY_CLI_OVERRIDES, PicklePayload, tiny_model_config
 from pokediff.config import DiffusionConfig, TrainConfig
 from pokediff.training import UnsafeCheckpointError, load_file, load_model, train
 from pokediff.training.checkpoint import convert_legacy
 
-TINY = ["-S", "model.base_channels=16", "-S", "model.channel_mults=[1,2]", "-S", "model.num_res_blocks=1",
-        "-S", "model.attention_resolutions=[8]", "-S", "model.head_channels=8", "-S", "model.groups=8",
-        "-S", "model.resolution=16", "-S", "data.resolution=16"]
+TINY = TINY_CLI_OVERRIDES
 
 
-class Payload:
-    """Unpickling this runs code: it writes ``marker`` (as a real attack would run anything)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').write('pwned')",)
+Payload = PicklePayload
 
 
 @pytest.fixture
