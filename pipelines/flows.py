@@ -157,7 +157,8 @@ def summary_markdown(result: dict) -> str:
     lines = [f"# pokediff pipeline: `{result.get('experiment')}`", "", "| stage | state | why |", "|---|---|---|"]
     for stage, info in result["stages"].items():
         state = "ran" if info.get("ran") else "cached"
-        lines.append(f"| {stage} | {state} | {str(info.get('why', '')).replace('|', '/')[:200]} |")
+        why = str(info.get("why", "")).replace("|", "/")[:200]
+        lines.append(f"| {stage} | {state} | {_markdown_text(why)} |")
     lines += ["", "## Metrics", "", "| file | metric | value |", "|---|---|---|"]
     for stage_metrics in result["metrics"].values():
         for path, values in stage_metrics.items():
@@ -318,3 +319,9 @@ def cli_overrides(prog: str, params_file: str | None, overrides: list[str]) -> l
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _markdown_text(text: str) -> str:
+    """Plain text for a markdown cell: file names such as __init__.py must not turn bold."""
+    return "".join(f"\\{c}" if c in "\\`*_[]<>#" else c for c in text)
+
