@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 
 # The small configuration of the main job (an overlay on params.yaml): a tiny U-Net and a few hundred
-# steps/samples, so a 2-core CPU finishes the whole pipeline in about 15 minutes. On a GPU, `dvc repro`
+# steps/samples, so an idle 2-core CPU finishes the whole pipeline in about 10 minutes. On a GPU, `dvc repro`
 # runs params.yaml as is.
 SMALL_CONFIG := configs/cpu-small.yaml
 
