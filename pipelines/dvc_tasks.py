@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,9 @@ from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
 LOCK_FILE = Path("dvc.lock")
+# Copies of the files a run will put back, kept while it runs: a run killed before its `finally`
+# (SIGKILL, power loss) is undone by the next one. Under DVC's own scratch folder (git-ignored).
+JOURNAL_DIR = Path(".dvc/tmp/pokediff-restore")
 MAX_JSON_BYTES = 10_000_000  # a DVC status / metrics answer or a metrics file larger than this is refused
 TAIL_LINES = 30
 
@@ -149,14 +153,75 @@ def _staged(paths: tuple[Path, ...]) -> set[str] | None:
     return set(out.stdout.split()) if out.returncode == 0 else None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def recover_interrupted_runs(warn=None) -> list[Path]:
+    """Put back the files that a killed run (its pid is gone) had promised to restore. What such a run
+    left in their place is kept beside its journal (nothing is lost); ``warn`` gets one line per file."""
+    warn = warn or (lambda line: print(line, file=sys.stderr))
+    restored: list[Path] = []
+    if not JOURNAL_DIR.is_dir():
+        return restored
+    for entry in sorted(JOURNAL_DIR.glob("run-*")):
+        try:
+            pid = int(entry.name.removeprefix("run-"))
+        except ValueError:
+            continue  # not ours: leave it
+        if _pid_alive(pid):
+            continue
+        try:
+            files = list(json.loads((entry / "manifest.json").read_text()[:MAX_JSON_BYTES])["files"])
+        except FileNotFoundError:
+            files = []  # killed while writing its journal, before it changed anything
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable: leave it for a person to look at
+        left_dir = JOURNAL_DIR / f"left-by-{entry.name}"
+        for index, (name, existed) in enumerate(files):
+            path = Path(name)
+            saved = (entry / str(index)).read_bytes() if existed else None
+            current = path.read_bytes() if path.is_file() else None
+            if current == saved:
+                continue
+            if current is not None:  # keep what the killed run (or anyone since) wrote there
+                left_dir.mkdir(parents=True, exist_ok=True)
+                (left_dir / path.name).write_bytes(current)
+            if saved is None:
+                path.unlink()
+            else:
+                path.write_bytes(saved)
+            restored.append(path)
+            kept = f"; what was there is kept in {left_dir / path.name}" if current is not None else ""
+            warn(f"{path}: put back as it was before run pid {pid}, which was killed before restoring it{kept}")
+        shutil.rmtree(entry)
+    return restored
+
+
 @contextmanager
 def files_restored(*paths: Path, unstage: tuple[Path, ...] = ()) -> Iterator[None]:
     """Put each file back byte for byte on the way out (also on failure), or remove it when it did
     not exist: a run with overrides leaves params.yaml as the user had it, and its experiment
     (`dvc exp show`) holds what the run used. `dvc exp save` / `dvc exp run` may stage files in git's
     index (dvc.lock when git does not track it yet, and with it params.yaml): what they staged is
-    unstaged again (for ``paths`` and ``unstage``); what the user had staged stays."""
+    unstaged again (for ``paths`` and ``unstage``); what the user had staged stays. A journal of the
+    saved bytes lets the next run finish the job when this one is killed outright."""
+    recover_interrupted_runs()
     saved = {p: p.read_bytes() if p.is_file() else None for p in paths}
+    journal = JOURNAL_DIR / f"run-{os.getpid()}"
+    journal.mkdir(parents=True, exist_ok=True)
+    for index, data in enumerate(saved.values()):
+        if data is not None:
+            (journal / str(index)).write_bytes(data)
+    # The manifest last: a journal without one is incomplete and ignored.
+    manifest = {"pid": os.getpid(), "files": [[str(p), data is not None] for p, data in saved.items()]}
+    (journal / "manifest.json").write_text(json.dumps(manifest))
     watched = tuple(paths) + tuple(unstage)
     staged_before = _staged(watched)
     try:
@@ -167,6 +232,7 @@ def files_restored(*paths: Path, unstage: tuple[Path, ...] = ()) -> Iterator[Non
                 path.unlink(missing_ok=True)
             elif not path.is_file() or path.read_bytes() != data:
                 path.write_bytes(data)
+        shutil.rmtree(journal, ignore_errors=True)
         staged_now = _staged(watched)
         if staged_before is not None and staged_now:
             added = sorted(staged_now - staged_before)
