@@ -132,6 +132,38 @@ class Measured:
     error: str | None = None
 
 
+def timed_row(name: str, measured: Measured, batch_size: int) -> dict:
+    """The report row both benchmarks share: images/s (median, slowest, fastest window), window
+    seconds and peak memory, after the workload's own ``info``; ``{"model", "error"}`` if it failed."""
+    if measured.error:
+        return {"model": name, "error": measured.error}
+    ips, slowest, fastest = measured.timing.rate(batch_size)
+    return {"model": name, **measured.info, "images_per_s": ips, "images_per_s_slowest": slowest,
+            "images_per_s_fastest": fastest, "window_seconds": measured.timing.seconds,
+            "peak_memory_gib": measured.peak_memory_gib}
+
+
+def rate_cells(row: dict) -> list[str]:
+    """images/s and its slowest-fastest range, as report cells."""
+    return [fmt(row["images_per_s"], ".4g"),
+            f"{fmt(row['images_per_s_slowest'], '.4g')}-{fmt(row['images_per_s_fastest'], '.4g')}"]
+
+
+def mfu_cell(row: dict) -> str:
+    return fmt(row["mfu"] * 100, ".1f") + "%" if row["mfu"] is not None else "-"
+
+
+def benchmark_main(argv: list[str] | None, parse_args: Callable, run: Callable[..., dict],
+                   format_report: Callable[[dict], str]) -> int:
+    """Parse, run, print the report, write --json; exit 1 if any implementation failed."""
+    args = parse_args(argv)
+    result = run(args)
+    print(format_report(result))
+    if args.json:
+        write_json(args.json, result)
+    return 1 if any("error" in r for r in result["rows"]) else 0
+
+
 def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 

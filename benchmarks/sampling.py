@@ -36,6 +36,7 @@ from benchmarks._common import (
     Prepared,
     add_common_arguments,
     autocast,
+    benchmark_main,
     common_settings,
     count_flops,
     count_parameters,
@@ -46,8 +47,10 @@ from benchmarks._common import (
     markdown_table,
     measure_models,
     mfu,
+    mfu_cell,
+    rate_cells,
     seed_everything,
-    write_json,
+    timed_row,
 )
 
 MODELS = ("ours", "ddpm-pytorch", "diffusers")
@@ -280,21 +283,12 @@ def run(args: argparse.Namespace) -> dict:
     rows_wanted = variants(args.models, args.cuda_graphs)
     measured = measure_models(rows_wanted, lambda row: prepare(row, args), args.device, windows=args.windows,
                               calls_per_window=1, warmup=args.warmup, interleave=args.interleave)
-    rows = []
-    for name, m in measured.items():
-        if m.error:
-            rows.append({"model": name, "error": m.error})
-            continue
-        ips, slowest, fastest = m.timing.rate(args.batch_size)
-        evals_per_s = ips * m.info["steps"]  # network evaluations per second, per image
-        rows.append({
-            "model": name, **m.info,
-            "images_per_s": ips, "images_per_s_slowest": slowest, "images_per_s_fastest": fastest,
-            "ms_per_eval": 1e3 * m.timing.median_s / m.info["steps"],
-            "window_seconds": m.timing.seconds,
-            "mfu": mfu(m.info["gflop_per_image_eval"] * 1e9, evals_per_s, args.peak_tflops),
-            "peak_memory_gib": m.peak_memory_gib,
-        })
+    rows = [timed_row(name, m, args.batch_size) for name, m in measured.items()]
+    for r in rows:
+        if "error" not in r:
+            r["ms_per_eval"] = 1e3 * measured[r["model"]].timing.median_s / r["steps"]
+            evals_per_s = r["images_per_s"] * r["steps"]  # network evaluations per second, per image
+            r["mfu"] = mfu(r["gflop_per_image_eval"] * 1e9, evals_per_s, args.peak_tflops)
     ok = {r["model"]: r for r in rows if "error" not in r}
     for r in ok.values():
         for ours_row, key in (("ours", "ours_ddim_over_this"), ("ours-dpmpp2m", "ours_dpmpp2m_over_this")):
@@ -321,13 +315,9 @@ def format_report(result: dict) -> str:
             table_rows.append([r["model"]] + ["-"] * (len(HEADERS) - 1))
             continue
         table_rows.append([
-            r["model"], r["sampler"], str(r["steps"]), fmt(r["gflop_per_image_eval"], ".2f"),
-            fmt(r["images_per_s"], ".4g"),
-            f"{fmt(r['images_per_s_slowest'], '.4g')}-{fmt(r['images_per_s_fastest'], '.4g')}",
+            r["model"], r["sampler"], str(r["steps"]), fmt(r["gflop_per_image_eval"], ".2f"), *rate_cells(r),
             fmt(r["ms_per_eval"], ".1f"), fmt(r.get("ours_ddim_over_this"), ".3f"),
-            fmt(r.get("ours_dpmpp2m_over_this"), ".3f"),
-            fmt(r["mfu"] * 100, ".1f") + "%" if r["mfu"] is not None else "-",
-            fmt(r["peak_memory_gib"], ".2f"),
+            fmt(r.get("ours_dpmpp2m_over_this"), ".3f"), mfu_cell(r), fmt(r["peak_memory_gib"], ".2f"),
         ])
     lines = [
         f"sampling: {describe_environment(result['environment'])}",
@@ -342,12 +332,7 @@ def format_report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    result = run(args)
-    print(format_report(result))
-    if args.json:
-        write_json(args.json, result)
-    return 1 if any("error" in r for r in result["rows"]) else 0
+    return benchmark_main(argv, parse_args, run, format_report)
 
 
 if __name__ == "__main__":

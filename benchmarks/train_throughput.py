@@ -37,6 +37,7 @@ from benchmarks._common import (
     Prepared,
     add_common_arguments,
     autocast,
+    benchmark_main,
     common_settings,
     count_flops,
     count_parameters,
@@ -47,8 +48,10 @@ from benchmarks._common import (
     markdown_table,
     measure_models,
     mfu,
+    mfu_cell,
+    rate_cells,
     seed_everything,
-    write_json,
+    timed_row,
 )
 
 MODELS = ("ours", "ddpm-pytorch", "diffusers")
@@ -260,20 +263,12 @@ def run(args: argparse.Namespace) -> dict:
     measured = measure_models(args.models, lambda name: prepare(name, args), args.device, windows=args.windows,
                               calls_per_window=args.steps_per_window, warmup=args.warmup,
                               interleave=args.interleave)
-    rows = []
-    for name, m in measured.items():
-        if m.error:
-            rows.append({"model": name, "error": m.error})
-            continue
-        ips, slowest, fastest = m.timing.rate(args.batch_size)
-        rows.append({
-            "model": name, **m.info,
-            "images_per_s": ips, "images_per_s_slowest": slowest, "images_per_s_fastest": fastest,
-            "ms_per_step": 1e3 * m.timing.median_s / m.timing.calls_per_window,
-            "window_seconds": m.timing.seconds,
-            "mfu": mfu(m.info["gflop_per_image"] * 1e9, ips, args.peak_tflops),
-            "peak_memory_gib": m.peak_memory_gib,
-        })
+    rows = [timed_row(name, m, args.batch_size) for name, m in measured.items()]
+    for r in rows:
+        if "error" not in r:
+            timing = measured[r["model"]].timing
+            r["ms_per_step"] = 1e3 * timing.median_s / timing.calls_per_window
+            r["mfu"] = mfu(r["gflop_per_image"] * 1e9, r["images_per_s"], args.peak_tflops)
     ours_ips = next((r["images_per_s"] for r in rows if r["model"] == "ours" and "error" not in r), None)
     for r in rows:
         if "error" not in r and ours_ips is not None:
@@ -299,10 +294,8 @@ def format_report(result: dict) -> str:
             table_rows.append([r["model"]] + ["-"] * (len(HEADERS) - 1))
             continue
         table_rows.append([
-            r["model"], fmt(r["params"] / 1e6, ".1f"), fmt(r["gflop_per_image"], ".2f"), fmt(r["images_per_s"], ".4g"),
-            f"{fmt(r['images_per_s_slowest'], '.4g')}-{fmt(r['images_per_s_fastest'], '.4g')}",
-            fmt(r["ms_per_step"], ".1f"), fmt(r.get("ours_over_this"), ".3f"),
-            fmt(r["mfu"] * 100, ".1f") + "%" if r["mfu"] is not None else "-",
+            r["model"], fmt(r["params"] / 1e6, ".1f"), fmt(r["gflop_per_image"], ".2f"), *rate_cells(r),
+            fmt(r["ms_per_step"], ".1f"), fmt(r.get("ours_over_this"), ".3f"), mfu_cell(r),
             fmt(r["peak_memory_gib"], ".2f"),
         ])
     lines = [
@@ -322,12 +315,7 @@ def format_report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    result = run(args)
-    print(format_report(result))
-    if args.json:
-        write_json(args.json, result)
-    return 1 if any("error" in r for r in result["rows"]) else 0
+    return benchmark_main(argv, parse_args, run, format_report)
 
 
 if __name__ == "__main__":
