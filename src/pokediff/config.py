@@ -21,7 +21,7 @@ import json
 import math
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -177,6 +177,12 @@ class DiffusionConfig(_Section):
 # Training, sampling, scoring
 # ----------------------------------------------------------------------------------------------
 class TrainConfig(_Section):
+    # Keys that do not change the trained weights (when to log, checkpoint, evaluate; where to write):
+    # left out of the checkpoint fingerprint (`weight_settings`), so changing one resumes a run
+    # instead of restarting it. Any other key, including one added later, is in the fingerprint.
+    BOOKKEEPING: ClassVar[frozenset[str]] = frozenset(
+        {"log_every", "checkpoint_every", "eval_every", "eval_num_samples", "eval_sampler_steps", "out_dir"})
+
     steps: int = Field(20_000, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-4, gt=0.0)
@@ -205,6 +211,10 @@ class TrainConfig(_Section):
         if not all(0.0 <= b < 1.0 for b in v):  # also rejects NaN; AdamW would raise mid-setup
             raise ValueError("each must be in [0, 1)")
         return v
+
+    def weight_settings(self) -> dict[str, Any]:
+        """Every key but BOOKKEEPING, as JSON values: what the checkpoint fingerprint hashes."""
+        return self.model_dump(mode="json", exclude=set(self.BOOKKEEPING))
 
     @property
     def effective_warmup_steps(self) -> int:
