@@ -201,7 +201,7 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(0, ge=0)  # 0 disables in-training FID
-    eval_num_samples: int = Field(256, ge=2)
+    eval_num_samples: int = Field(512, ge=2)  # EMA samples per in-training FID
     eval_sampler_steps: int = Field(25, ge=1)
     out_dir: str = "outputs/train"
 
@@ -228,7 +228,7 @@ class SampleConfig(_Section):
     eta: float = Field(0.0, ge=0.0, le=1.0)
     spacing: Spacing | Literal["auto"] = "auto"  # auto: trailing for ddim/ddpm, logsnr for dpmpp2m
     clip_x0: bool = True
-    num_images: int = Field(64, ge=1)
+    num_images: int = Field(2048, ge=1)  # what score.num_samples scores (FID needs thousands)
     batch_size: int = Field(256, ge=1)
     seed: int = 0
     use_ema: bool = True

@@ -87,10 +87,10 @@ def test_real_sprites_pass_through_the_cli(sprites_dataset: Path, tmp_path: Path
     assert result["success"] and all(e["success"] and e["failing"] == [] for e in result["expectations"])
     assert {e["table"] for e in result["expectations"]} == {"images", "variants"}
     # the validate section as given (less out_dir) and the dataset's own facts, as the file always held them
-    assert list(result["thresholds"].items()) == [
-        ("resolution", 64), ("min_images", 1000), ("min_per_variant", 100), ("max_species_id", 1025),
-        ("max_background_fraction", 0.97), ("min_pixel_std", 3.0), ("background", [255, 255, 255]),
-        ("expected_variants", ["normal", "shiny"])]
+    assert result["thresholds"] == {
+        "resolution": 64, "min_images": 1000, "min_per_variant": 100, "max_species_id": 1025,
+        "max_background_fraction": 0.97, "min_pixel_std": 3.0, "background": [255, 255, 255],
+        "expected_variants": ["normal", "shiny"]}
     assert "pokediff_images" in (out / "data_docs" / "index.html").read_text()
 
 
