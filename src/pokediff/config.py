@@ -482,7 +482,7 @@ def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | 
 def write_overrides(path: str | Path, overrides: list[str]) -> Params:
     """Validate ``overrides`` against ``path`` and write them into the file, keeping its comments and order
     (what `dvc exp run -S` does to params.yaml). Nothing is written if any value is invalid."""
-    from ruamel.yaml import YAML  # comes with DVC; round-trips comments
+    from ruamel.yaml import YAML  # declared in pyproject.toml (DVC needs it too): round-trips comments
     from ruamel.yaml.comments import CommentedSeq
 
     path = Path(path)
