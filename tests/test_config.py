@@ -9,13 +9,17 @@ from pokediff.config import (
     ConfigError,
     Params,
     _yaml_scalar,
+    flatten,
     load_params,
     overlay_flags,
     overlay_overrides,
     parse_override,
     parse_yaml,
+    read_yaml_file,
 )
 from pokediff.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_valid_and_flatten():
@@ -164,3 +168,25 @@ def test_overlay_errors_name_the_file(tmp_path):
         overlay_overrides(tmp_path / "list.yaml")
     with pytest.raises(ConfigError, match="nope.yaml: no such overlay file"):
         overlay_overrides(tmp_path / "nope.yaml")
+
+
+# Keys whose code default differs from params.yaml on purpose. params.yaml is the GPU recipe; a code
+# default is what `--params none` (and every test that runs without a params file) gets.
+DEFAULTS_DIFFERING_ON_PURPOSE = {
+    # in-training FID needs `pokediff ref-stats` first: a bare `pokediff train` must not depend on it
+    "train.eval_every": (0, 2000),
+    # Inception batch: 8-16 is fastest on a 2-core CPU (the default device there), 64 on a GPU
+    "score.batch_size": (16, 64),
+}
+
+
+def test_code_defaults_agree_with_params_yaml_but_for_the_listed_keys():
+    in_file = Params.model_validate(read_yaml_file(ROOT / "params.yaml")).to_flat_dict()
+    defaults = Params().to_flat_dict()
+    differing = {key: (defaults[key], in_file[key]) for key in defaults if defaults[key] != in_file[key]}
+    assert differing == DEFAULTS_DIFFERING_ON_PURPOSE
+
+
+def test_params_yaml_sets_every_key_so_no_code_default_reaches_the_main_job():
+    written = set(flatten(read_yaml_file(ROOT / "params.yaml")))
+    assert written == set(Params().to_flat_dict())

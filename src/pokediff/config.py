@@ -21,7 +21,7 @@ import json
 import math
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -177,6 +177,12 @@ class DiffusionConfig(_Section):
 # Training, sampling, scoring
 # ----------------------------------------------------------------------------------------------
 class TrainConfig(_Section):
+    # Keys that do not change the trained weights (when to log, checkpoint, evaluate; where to write):
+    # left out of the checkpoint fingerprint (`weight_settings`), so changing one resumes a run
+    # instead of restarting it. Any other key, including one added later, is in the fingerprint.
+    BOOKKEEPING: ClassVar[frozenset[str]] = frozenset(
+        {"log_every", "checkpoint_every", "eval_every", "eval_num_samples", "eval_sampler_steps", "out_dir"})
+
     steps: int = Field(20_000, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-4, gt=0.0)
@@ -195,7 +201,7 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(0, ge=0)  # 0 disables in-training FID
-    eval_num_samples: int = Field(256, ge=2)
+    eval_num_samples: int = Field(512, ge=2)  # EMA samples per in-training FID
     eval_sampler_steps: int = Field(25, ge=1)
     out_dir: str = "outputs/train"
 
@@ -205,6 +211,10 @@ class TrainConfig(_Section):
         if not all(0.0 <= b < 1.0 for b in v):  # also rejects NaN; AdamW would raise mid-setup
             raise ValueError("each must be in [0, 1)")
         return v
+
+    def weight_settings(self) -> dict[str, Any]:
+        """Every key but BOOKKEEPING, as JSON values: what the checkpoint fingerprint hashes."""
+        return self.model_dump(mode="json", exclude=set(self.BOOKKEEPING))
 
     @property
     def effective_warmup_steps(self) -> int:
@@ -218,7 +228,7 @@ class SampleConfig(_Section):
     eta: float = Field(0.0, ge=0.0, le=1.0)
     spacing: Spacing | Literal["auto"] = "auto"  # auto: trailing for ddim/ddpm, logsnr for dpmpp2m
     clip_x0: bool = True
-    num_images: int = Field(64, ge=1)
+    num_images: int = Field(2048, ge=1)  # what score.num_samples scores (FID needs thousands)
     batch_size: int = Field(256, ge=1)
     seed: int = 0
     use_ema: bool = True
@@ -472,7 +482,7 @@ def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | 
 def write_overrides(path: str | Path, overrides: list[str]) -> Params:
     """Validate ``overrides`` against ``path`` and write them into the file, keeping its comments and order
     (what `dvc exp run -S` does to params.yaml). Nothing is written if any value is invalid."""
-    from ruamel.yaml import YAML  # comes with DVC; round-trips comments
+    from ruamel.yaml import YAML  # declared in pyproject.toml (DVC needs it too): round-trips comments
     from ruamel.yaml.comments import CommentedSeq
 
     path = Path(path)

@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pokediff.config import DataConfig
 from pokediff.data.images import decode_raster, pixel_sha256
-from pokediff.data.ingest import IngestError, IngestSettings, ingest
+from pokediff.data.ingest import IngestError, ingest
 from pokediff.data.manifest import MANIFEST_COLUMNS, read_manifest
 from pokediff.data.sprites import ANIMATED_DIR, DREAMWORLD_DIR, TARBALL_NAME
+
+SERIAL = DataConfig(num_workers=1)  # decode in this process (data.num_workers=0 would start one per CPU)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -83,7 +86,7 @@ def test_ingest_is_byte_identical_across_runs_and_worker_counts(sprites_dataset:
                                                                tmp_path: Path) -> None:
     """The session dataset was decoded by 2 worker processes; this run decodes in-process."""
     again = tmp_path / "again"
-    ingest(sprites_tarball, again, IngestSettings(num_workers=1), sprite_layout=True, progress=False)
+    ingest(sprites_tarball, again, SERIAL, sprite_layout=True, progress=False)
     assert tree_digest(again, skip=("ingest_summary.json",)) == tree_digest(
         sprites_dataset, skip=("ingest_summary.json",)
     )
@@ -126,7 +129,7 @@ def test_sprite_layout_variants_dreamworld_and_package_files(mini_sprites: Path,
 
 
 def test_female_variant_selects_female_sprites(mini_sprites: Path, tmp_path: Path) -> None:
-    settings = IngestSettings(variants=("normal", "female"), dreamworld=True)
+    settings = DataConfig(variants=["normal", "female"], dreamworld=True, num_workers=1)
     report = ingest(mini_sprites, tmp_path / "ds", settings, sprite_layout=True, progress=False)
     by_source = {row.source.split("sprites/pokemon/")[1]: row.variant for row in report.rows}
     assert by_source["versions/generation-v/black-white/animated/female/25.gif"] == "female"
@@ -195,7 +198,7 @@ def messy_folder(tmp_path: Path, sprite_member, bomb_png) -> Path:
 
 
 def test_every_bad_file_is_quarantined_with_its_reason(messy_folder: Path, tmp_path: Path) -> None:
-    settings = IngestSettings(max_quarantine_fraction=1.0, num_workers=2)
+    settings = DataConfig(max_quarantine_fraction=1.0, num_workers=2)
     report = ingest(messy_folder, tmp_path / "ds", settings, sprite_layout=False, progress=False)
     quarantine = {row["path"]: row["reason"] for row in read_csv(tmp_path / "ds" / "quarantine.csv")}
     assert set(quarantine) == set(BAD_FILES)
@@ -230,12 +233,12 @@ def test_nothing_usable_fails_and_says_why(tmp_path: Path) -> None:
     (folder / "a.png").write_bytes(b"")
     (folder / "b.gif").write_bytes(b"GIF89a")
     with pytest.raises(IngestError, match=r"no usable images: 2 file\(s\) quarantined") as caught:
-        ingest(folder, tmp_path / "ds", IngestSettings(max_quarantine_fraction=1.0), sprite_layout=False,
+        ingest(folder, tmp_path / "ds", DataConfig(max_quarantine_fraction=1.0, num_workers=1), sprite_layout=False,
                progress=False)
     assert "a.png: empty file" in str(caught.value)
     (tmp_path / "empty").mkdir()
     with pytest.raises(IngestError, match="no image files in the source"):
-        ingest(tmp_path / "empty", tmp_path / "ds2", IngestSettings(), sprite_layout=False, progress=False)
+        ingest(tmp_path / "empty", tmp_path / "ds2", SERIAL, sprite_layout=False, progress=False)
 
 
 def test_duplicates_are_dropped_keeping_the_first_and_counted(tmp_path: Path) -> None:
@@ -247,7 +250,7 @@ def test_duplicates_are_dropped_keeping_the_first_and_counted(tmp_path: Path) ->
     Image.fromarray(pixels).save(folder / "a.png")  # same pixels, sorts first
     Image.fromarray(pixels).save(folder / "c.webp", lossless=True)  # same pixels, other format
     Image.fromarray(255 - pixels).save(folder / "d.png")
-    report = ingest(folder, tmp_path / "ds", IngestSettings(), sprite_layout=False, progress=False)
+    report = ingest(folder, tmp_path / "ds", SERIAL, sprite_layout=False, progress=False)
     assert [row.source for row in report.rows] == ["a.png", "d.png"]
     assert report.summary["duplicates_dropped"] == 2
     assert report.summary["duplicates_per_variant"] == {"normal": 2}
@@ -266,7 +269,7 @@ def test_zip_and_tar_gz_sources_give_the_same_dataset_as_the_folder(tmp_path: Pa
     digests = []
     for source in (folder, tmp_path / "images.zip", tmp_path / "images.tar.gz"):
         out = tmp_path / f"ds-{source.name}"
-        ingest(source, out, IngestSettings(resolution=32), sprite_layout=False, progress=False)
+        ingest(source, out, DataConfig(resolution=32, num_workers=1), sprite_layout=False, progress=False)
         digests.append(tree_digest(out, skip=("ingest_summary.json",)))
     assert digests[0] == digests[1] == digests[2]
     assert len([k for k in digests[0] if k.startswith("images/")]) == len(names)
@@ -282,7 +285,7 @@ def test_corrupt_archive_member_is_quarantined_not_fatal(tmp_path: Path, sprite_
     offset = raw.find(good[100:140])  # stored uncompressed: flip bytes inside 25.gif's data
     raw[offset : offset + 20] = bytes(20)
     archive_path.write_bytes(bytes(raw))
-    report = ingest(archive_path, tmp_path / "ds", IngestSettings(max_quarantine_fraction=1.0),
+    report = ingest(archive_path, tmp_path / "ds", DataConfig(max_quarantine_fraction=1.0, num_workers=1),
                     sprite_layout=False, progress=False)
     quarantine = {row.path: row.reason for row in report.quarantined}
     assert quarantine.keys() == {"25.gif"} and "cannot read file: BadZipFile: Bad CRC-32" in quarantine["25.gif"]
@@ -297,13 +300,13 @@ def test_out_dir_of_someone_else_is_not_wiped(tmp_path: Path, sprite_member) -> 
     precious.parent.mkdir(parents=True)
     precious.write_bytes(b"my photo")
     with pytest.raises(IngestError, match="refusing to delete"):
-        ingest(source, tmp_path / "photos", IngestSettings(), sprite_layout=False, progress=False)
+        ingest(source, tmp_path / "photos", SERIAL, sprite_layout=False, progress=False)
     assert precious.read_bytes() == b"my photo"
     with pytest.raises(IngestError, match="inside the source folder"):
-        ingest(source, source / "out", IngestSettings(), sprite_layout=False, progress=False)
-    ingest(source, tmp_path / "ds", IngestSettings(), sprite_layout=False, progress=False)
+        ingest(source, source / "out", SERIAL, sprite_layout=False, progress=False)
+    ingest(source, tmp_path / "ds", SERIAL, sprite_layout=False, progress=False)
     with pytest.raises(IngestError, match="inside out_dir"):  # would delete its own input
-        ingest(tmp_path / "ds" / "images", tmp_path / "ds", IngestSettings(), sprite_layout=False, progress=False)
+        ingest(tmp_path / "ds" / "images", tmp_path / "ds", SERIAL, sprite_layout=False, progress=False)
     assert len(list((tmp_path / "ds" / "images").iterdir())) == 5
 
 
@@ -312,10 +315,10 @@ def test_reingest_replaces_stale_images(tmp_path: Path, sprite_member) -> None:
     source.mkdir()
     make_good_images(source, sprite_member)
     out = tmp_path / "ds"
-    ingest(source, out, IngestSettings(), sprite_layout=False, progress=False)
+    ingest(source, out, SERIAL, sprite_layout=False, progress=False)
     (out / "images" / "999999.png").write_bytes(b"stale")
     shutil.rmtree(source / "nested")
-    report = ingest(source, out, IngestSettings(), sprite_layout=False, progress=False)
+    report = ingest(source, out, SERIAL, sprite_layout=False, progress=False)
     assert sorted(p.name for p in (out / "images").iterdir()) == [Path(r.path).name for r in report.rows]
 
 

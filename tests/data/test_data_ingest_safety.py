@@ -26,15 +26,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pokediff.config import DataConfig
 from pokediff.data import decoding, sources
 from pokediff.data.images import BadImageError, decode_raster
-from pokediff.data.ingest import IngestError, IngestSettings, ingest
+from pokediff.data.ingest import IngestError, ingest
 from pokediff.data.sources import SourceError
 from pokediff.errors import PokediffError
 from pokediff.locks import LockedError
 
 ingest_module = importlib.import_module("pokediff.data.ingest")  # (pokediff.data.ingest is also a function)
-SETTINGS = IngestSettings(resolution=32, max_quarantine_fraction=1.0)
+SETTINGS = DataConfig(resolution=32, max_quarantine_fraction=1.0, num_workers=1)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -359,9 +360,9 @@ def _measured(code: str) -> dict:
 def _ingest_measured(source: Path, out: Path) -> dict:
     return _measured(
         "from pathlib import Path\n"
-        "from pokediff.data.ingest import IngestSettings, ingest\n"
+        "from pokediff.config import DataConfig\nfrom pokediff.data.ingest import ingest\n"
         f"report = ingest(Path({str(source)!r}), Path({str(out)!r}), "
-        "IngestSettings(resolution=32, max_quarantine_fraction=1.0), sprite_layout=False, progress=False)\n"
+        "DataConfig(resolution=32, max_quarantine_fraction=1.0, num_workers=1), sprite_layout=False, progress=False)\n"
         "result = {'used': sorted(r.source for r in report.rows),\n"
         "          'quarantined': {r.path: r.reason for r in report.quarantined}}\n"
     )
@@ -422,10 +423,10 @@ def test_zip_inflating_past_the_total_limit_is_refused_whole(first_dataset, tmp_
     result = _measured(
         "from pathlib import Path\n"
         "from pokediff.data import sources\n"
-        "from pokediff.data.ingest import IngestSettings, ingest\n"
+        "from pokediff.config import DataConfig\nfrom pokediff.data.ingest import ingest\n"
         "sources.MIN_TOTAL_BYTES = 256 * 1024 * 1024\n"
         "try:\n"
-        f"    ingest(Path({str(archive)!r}), Path({str(out)!r}), IngestSettings(), sprite_layout=False,"
+        f"    ingest(Path({str(archive)!r}), Path({str(out)!r}), DataConfig(num_workers=1), sprite_layout=False,"
         " progress=False)\n"
         "    result = {}\n"
         "except sources.SourceError as exc:\n"

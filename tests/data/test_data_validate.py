@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pokediff.config import ValidateConfig
 from pokediff.data.images import pixel_stats
 from pokediff.data.manifest import ManifestRow, read_manifest, write_manifest
-from pokediff.data.validation import ValidationThresholds, validate_dataset
+from pokediff.data.validation import validate_dataset
 
-SMALL = ValidationThresholds(min_images=10, min_per_variant=1, expected_variants=("normal", "shiny"))
+SMALL = ValidateConfig(min_images=10, min_per_variant=1)
+SPRITES = {"resolution": 64, "expected_variants": ("normal", "shiny")}  # what the real ingested sprites are
 
 
 def failing_paths(report, description_start: str) -> set[str]:
@@ -84,11 +86,16 @@ def test_real_sprites_pass_through_the_cli(sprites_dataset: Path, tmp_path: Path
     assert metrics == {"n_images": n_images, "n_expectations": 12, "n_failed": 0}
     assert result["success"] and all(e["success"] and e["failing"] == [] for e in result["expectations"])
     assert {e["table"] for e in result["expectations"]} == {"images", "variants"}
+    # the validate section as given (less out_dir) and the dataset's own facts, as the file always held them
+    assert result["thresholds"] == {
+        "resolution": 64, "min_images": 1000, "min_per_variant": 100, "max_species_id": 1025,
+        "max_background_fraction": 0.97, "min_pixel_std": 3.0, "background": [255, 255, 255],
+        "expected_variants": ["normal", "shiny"]}
     assert "pokediff_images" in (out / "data_docs" / "index.html").read_text()
 
 
 def test_crafted_bad_dataset_fails_naming_exactly_the_bad_files(crafted_bad_dataset: Path, tmp_path: Path) -> None:
-    report = validate_dataset(crafted_bad_dataset, SMALL, tmp_path / "validation")
+    report = validate_dataset(crafted_bad_dataset, SMALL, tmp_path / "validation", **SPRITES)
     assert not report.success
     assert failing_paths(report, "width is exactly 64") == {"images/wrong_size.png"}
     assert failing_paths(report, "height is exactly 64") == {"images/wrong_size.png"}
@@ -121,7 +128,7 @@ def test_files_changed_or_deleted_after_ingest_are_caught(small_real_dataset: Pa
     with Image.open(small_real_dataset / rows[1].path) as other:
         other.save(small_real_dataset / rows[2].path)  # row 2's file now holds row 1's pixels
     (small_real_dataset / rows[4].path).unlink()
-    report = validate_dataset(small_real_dataset, SMALL)
+    report = validate_dataset(small_real_dataset, SMALL, **SPRITES)
     assert failing_paths(report, "every listed file exists") == {rows[4].path}
     assert failing_paths(report, "pixels unchanged since ingest") == {rows[2].path}
     assert failing_paths(report, "no two images have identical pixels") == {rows[1].path, rows[2].path}
@@ -131,8 +138,7 @@ def test_species_range_and_variant_minimums(small_real_dataset: Path) -> None:
     rows = manifest_rows(small_real_dataset)
     rows[0] = ManifestRow(**{**asdict(rows[0]), "species_id": 2000})
     write_manifest(rows, small_real_dataset / "manifest.csv")
-    thresholds = ValidationThresholds(min_images=10, min_per_variant=1, expected_variants=("normal", "back"))
-    report = validate_dataset(small_real_dataset, thresholds)
+    report = validate_dataset(small_real_dataset, SMALL, resolution=64, expected_variants=("normal", "back"))
     assert failing_paths(report, "species id in 1..1025") == {rows[0].path}
     assert failing_paths(report, "each variant has at least 1 images") == {"back"}
     [variants] = [o for o in report.outcomes if o.table == "variants"]
@@ -140,7 +146,7 @@ def test_species_range_and_variant_minimums(small_real_dataset: Path) -> None:
 
 
 def test_too_few_images_fails_on_the_count(small_real_dataset: Path) -> None:
-    report = validate_dataset(small_real_dataset, ValidationThresholds(min_images=1000, min_per_variant=1))
+    report = validate_dataset(small_real_dataset, ValidateConfig(min_images=1000, min_per_variant=1), resolution=64)
     [count] = report.failed
     assert count.observed_value == 20 and "at least 1000 images" in count.description
 

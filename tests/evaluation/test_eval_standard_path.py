@@ -18,15 +18,15 @@ import contextlib
 import numpy as np
 import pytest
 import torch
-
-from pokediff.evaluation import extract_features, fid_from_features, get_extractor, kernel_inception_distance
-from pokediff.evaluation.standard import (
+from evaluation.standard_path import (  # tests/evaluation/standard_path.py
     convert_torchscript_state_dict,
     ensure_standard_weights,
     standard_fid_metric,
     standard_kid_metric,
     torch_fidelity_weights_filename,
 )
+
+from pokediff.evaluation import extract_features, fid_from_features, get_extractor, kernel_inception_distance
 
 N_STD = 16  # images per set through torchmetrics' own extractor (Inception on CPU is the cost)
 

@@ -44,7 +44,7 @@ def test_progress_lines_are_throttled(tmp_path, capsys):
 
 
 def test_eval_log_drops_rows_after_the_resumed_step(tmp_path):
-    from pokediff.stages.train import EvalLog
+    from pokediff.training.periodic_eval import EvalLog
 
     path = tmp_path / "eval_log.csv"
     path.write_text("step,fid,kid_mean\n100,90,0.1\n200,80,0.09\n300,70,0.08\n")
@@ -56,6 +56,19 @@ def test_eval_log_drops_rows_after_the_resumed_step(tmp_path):
     assert len(steps) == len(set(steps))
     EvalLog(path, keep_rows=False)  # a fresh run starts empty
     assert path.read_text() == "step,fid,kid_mean\n"
+
+
+def test_in_training_evaluator_is_off_without_eval_every_or_reference_stats(tmp_path, capsys):
+    from pokediff.config import load_params
+    from pokediff.training.periodic_eval import EvalLog, in_training_evaluator
+
+    log = EvalLog(tmp_path / "eval_log.csv", keep_rows=False)
+    off = load_params("none", ["train.eval_every=0"])
+    assert in_training_evaluator(off, None, log) is None
+    missing = tmp_path / "no_ref_stats.npz"
+    on = load_params("none", ["train.eval_every=5", f"score.ref_stats={missing}"])
+    assert in_training_evaluator(on, None, log) is None
+    assert f"{missing} missing; in-training FID disabled" in capsys.readouterr().out
 
 
 def test_set_sample_steps_is_honoured_for_ddpm(tmp_path):

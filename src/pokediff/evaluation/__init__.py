@@ -8,9 +8,10 @@ Pieces kept apart (as in EDM's ``fid.py``):
 - ``kid``           unbiased polynomial-kernel MMD^2 (pure numpy)
 - ``memorisation``  nearest-training-image distances (pure numpy)
 - ``evaluator``     ``FIDEvaluator``: the above glued together for the score stage and training
-- ``standard``      makes torchmetrics' built-in ``feature=2048`` extractor run offline (the proof
-                    that our convention is the standard one; see tests/evaluation)
 - ``images``        image folders / manifests -> uint8 tensors, content hash
+
+The proof that our convention is the standard one (torchmetrics' own ``feature=2048`` extractor, made
+to run offline) is test code: tests/evaluation/standard_path.py and test_eval_standard_path.py.
 """
 
 from pokediff.evaluation.evaluator import FIDEvaluator
@@ -32,7 +33,6 @@ from pokediff.evaluation.reference import (
     load_reference_stats,
     save_reference_stats,
 )
-from pokediff.evaluation.standard import ensure_standard_weights, standard_fid_metric, standard_kid_metric
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -41,7 +41,6 @@ __all__ = [
     "ReferenceStats",
     "compute_reference_stats",
     "content_hash",
-    "ensure_standard_weights",
     "extract_features",
     "fid_from_features",
     "frechet_distance",
@@ -57,8 +56,6 @@ __all__ = [
     "nearest_neighbours",
     "resolve_device",
     "save_reference_stats",
-    "standard_fid_metric",
-    "standard_kid_metric",
     "to_uint8",
     "train_nn_distances",
 ]

@@ -22,7 +22,7 @@ Pokémon sprites; about 1 % on tiny synthetic sets):
     original Inception v3 implementation".
 
 ``tests/evaluation/test_eval_standard_path.py`` checks both against torchmetrics' built-in extractor
-(see :mod:`pokediff.evaluation.standard`, which makes that extractor run offline).
+(tests/evaluation/standard_path.py makes that extractor run offline).
 """
 
 from __future__ import annotations

@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 
 from pokediff.cli import add_common_arguments
-from pokediff.config import DataConfig, load_params
-from pokediff.data.decoding import default_num_workers
+from pokediff.config import load_params
 from pokediff.data.fetch import matches_pin
-from pokediff.data.ingest import IngestSettings, ingest
+from pokediff.data.ingest import ingest
 from pokediff.data.sources import SourceError
 from pokediff.data.sprites import TARBALL_NAME
 from pokediff.errors import PokediffError
@@ -56,31 +55,16 @@ def resolve_source(source: str, raw_dir: Path) -> tuple[Path, bool]:
     return path, True
 
 
-def settings_from(data: DataConfig, workers: int | None = None) -> IngestSettings:
-    chosen = data.num_workers if workers is None else workers
-    return IngestSettings(
-        resolution=data.resolution,
-        frames_per_gif=data.frames_per_gif,
-        variants=tuple(data.variants),
-        dreamworld=data.dreamworld,
-        background=data.background,
-        max_pixels=data.max_pixels,
-        max_quarantine_fraction=data.max_quarantine_fraction,
-        num_workers=chosen if chosen > 0 else default_num_workers(),
-    )
-
-
 def run(args: argparse.Namespace) -> int:
-    params = load_params(args.params, args.overrides)
-    data = params.data
     if args.workers is not None and args.workers < 0:
         print("pokediff ingest: --workers must be >= 0", file=sys.stderr)
         return 2
+    params = load_params(args.params, args.overrides, {"data.num_workers": args.workers})
+    data = params.data
     out_dir = Path(args.out_dir or data.out_dir)
     try:
         source, sprite_layout = resolve_source(args.source or data.source, Path(args.raw_dir or data.raw_dir))
-        report = ingest(source, out_dir, settings_from(data, args.workers), sprite_layout=sprite_layout,
-                        progress=not args.quiet)
+        report = ingest(source, out_dir, data, sprite_layout=sprite_layout, progress=not args.quiet)
     except PokediffError as exc:  # IngestError, SourceError, LockedError (another ingest writes here), ...
         print(f"pokediff ingest: {exc}", file=sys.stderr)
         return 1

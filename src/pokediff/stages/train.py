@@ -79,6 +79,7 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
     from pokediff.data import load_training_images
     from pokediff.training import read_sidecar, run_fingerprint, train
     from pokediff.training.memory import count_parameters
+    from pokediff.training.periodic_eval import EVAL_GRID, EvalLog, in_training_evaluator
 
     data_dir = Path(args.data or params.data.out_dir)
     images = load_training_images(data_dir, params.model.resolution)
@@ -110,8 +111,7 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
             # (they are evaluated again), so no step appears twice.
             eval_log = EvalLog(out_dir / "eval_log.csv", keep_rows=resume,
                                resume_step=int(previous.get("step") or 0) if resume else 0)
-            if params.train.eval_every:
-                evaluate = _in_training_evaluator(params, tracker, eval_log)
+            evaluate = in_training_evaluator(params, tracker, eval_log)
         result = train(images, params.model, params.diffusion, params.train, out_dir, resume=resume,
                        device=device, progress=not args.no_progress, fingerprint=fingerprint,
                        on_log=tracker.log_metrics if tracker else None, evaluate=evaluate)
@@ -135,68 +135,3 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
                 print(f"pokediff train: MLflow run {tracker.run_id}, registered model version {version}")
     print(f"pokediff train: {result.step} steps in {result.seconds:.1f} s; model -> {result.model_file}")
     return 0
-
-
-EVAL_GRID = "eval_grid.png"  # the last in-training sample grid (also logged to MLflow as samples/)
-
-
-class EvalLog:
-    """eval_log.csv (step, fid, kid_mean): the in-training FID curve for `dvc plots`. Always written,
-    header only when in-training evaluation is off, so the DVC output exists. On resume the rows up to
-    ``resume_step`` are kept and later ones dropped, as train_log.csv does."""
-
-    FIELDS = ["step", "fid", "kid_mean"]
-
-    def __init__(self, path: Path, keep_rows: bool, resume_step: int | None = None):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        kept: list[str] = []
-        if keep_rows and path.exists():
-            lines = path.read_text().splitlines()[1:]
-            kept = [line for line in lines if _step_of(line) is not None
-                    and (resume_step is None or _step_of(line) <= resume_step)]
-        path.write_text(",".join(self.FIELDS) + "\n" + "".join(line + "\n" for line in kept))
-
-    def append(self, step: int, fid: float, kid_mean: float) -> None:
-        with self.path.open("a") as f:
-            f.write(f"{step},{fid:.6g},{kid_mean:.6g}\n")
-
-
-def _step_of(line: str) -> int | None:
-    try:
-        return int(line.split(",", 1)[0])
-    except ValueError:
-        return None
-
-
-def _in_training_evaluator(params, tracker, eval_log: EvalLog):
-    """FID of a few EMA samples every train.eval_every steps (needs the reference statistics)."""
-    from pokediff.evaluation import FIDEvaluator
-    from pokediff.imaging import make_grid, save_png
-    from pokediff.sampling import generate
-
-    ref = Path(params.score.ref_stats)
-    if not ref.exists():
-        print(f"pokediff train: {ref} missing; in-training FID disabled (run `pokediff ref-stats` first)")
-        return None
-    evaluator = FIDEvaluator(ref, device=params.score.device, batch_size=params.score.batch_size,
-                             kid_subsets=params.score.kid_subsets, kid_subset_size=params.score.kid_subset_size)
-    sample_cfg = params.sample.model_copy(update={
-        "sampler": "ddim", "steps": params.train.eval_sampler_steps, "eta": 0.0,
-        "num_images": params.train.eval_num_samples, "seed": params.sample.seed,
-    })
-
-    def evaluate(ema_model, step: int) -> dict[str, float]:
-        was_training = ema_model.training
-        ema_model.eval()
-        images = generate(ema_model, params.diffusion, sample_cfg, steps=sample_cfg.steps).images
-        ema_model.train(was_training)
-        scores = evaluator.score(images)
-        grid = make_grid(images[:64])  # uint8 (3, H, W)
-        save_png(grid, eval_log.path.with_name(EVAL_GRID))
-        if tracker is not None:
-            tracker.log_image(grid, key="samples", step=step)
-        eval_log.append(step, scores["fid"], scores["kid_mean"])
-        return {"eval_fid": scores["fid"], "eval_kid_mean": scores["kid_mean"]}
-
-    return evaluate

@@ -10,15 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pokediff.cli import add_common_arguments
 from pokediff.config import Params, load_params
 from pokediff.data.manifest import read_summary
 from pokediff.data.sprites import expected_labels
-
-if TYPE_CHECKING:
-    from pokediff.data.validation import ValidationThresholds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,27 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", help="where results and Data Docs go (default: validate.out_dir)")
 
 
-def thresholds_from(params: Params, dataset_dir: Path) -> ValidationThresholds:
-    """Thresholds from params; expected variants from the settings the dataset was ingested with."""
-    from pokediff.data.validation import ValidationThresholds
-
+def dataset_facts(params: Params, dataset_dir: Path) -> dict[str, Any]:
+    """validate_dataset's resolution, background and expected variants: the last two from the settings
+    the dataset was ingested with (its ingest_summary.json), else from params."""
     summary = read_summary(dataset_dir) or {}
     settings = summary.get("settings", {})
     expected = (
         tuple(expected_labels(settings.get("variants", []), settings.get("dreamworld", False)))
         if summary.get("sprite_layout") else ()
     )
-    v = params.validate_
-    return ValidationThresholds(
-        resolution=params.data.resolution,
-        min_images=v.min_images,
-        min_per_variant=v.min_per_variant,
-        max_species_id=v.max_species_id,
-        max_background_fraction=v.max_background_fraction,
-        min_pixel_std=v.min_pixel_std,
-        background=tuple(settings.get("background", params.data.background)),
-        expected_variants=expected,
-    )
+    background = tuple(settings.get("background", params.data.background))
+    return {"resolution": params.data.resolution, "background": background, "expected_variants": expected}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     dataset_dir = Path(args.dataset_dir or params.data.out_dir)
     out_dir = Path(args.out_dir or params.validate_.out_dir)
     try:
-        report = validate_dataset(dataset_dir, thresholds_from(params, dataset_dir), out_dir)
+        report = validate_dataset(dataset_dir, params.validate_, out_dir, **dataset_facts(params, dataset_dir))
     except FileNotFoundError as exc:
         print(f"pokediff validate: {exc}", file=sys.stderr)
         return 1

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from pokediff.config import DiffusionConfig, ModelConfig
+from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
 from pokediff.errors import PokediffError, UsageError, shorten
 
 CHECKPOINT_FORMAT = "pokediff-checkpoint-v2"
@@ -130,17 +130,15 @@ def read_sidecar(checkpoint: Path) -> dict:
 
 
 def run_fingerprint(images: torch.Tensor, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig,
-                    train_cfg) -> str:
+                    train_cfg: TrainConfig) -> str:
     """sha256 over the training images and every setting that changes the trained weights.
 
-    Bookkeeping keys (log/checkpoint/eval intervals, out_dir) are left out: changing them must not
-    throw away a run that can be resumed."""
-    bookkeeping = {"log_every", "checkpoint_every", "eval_every", "eval_num_samples", "eval_sampler_steps",
-                   "out_dir"}
+    TrainConfig.BOOKKEEPING keys (log/checkpoint/eval intervals, out_dir) are left out: changing them
+    must not throw away a run that can be resumed."""
     settings = {
         "model": model_cfg.model_dump(mode="json"),
         "diffusion": diffusion_cfg.model_dump(mode="json"),
-        "train": {k: v for k, v in train_cfg.model_dump(mode="json").items() if k not in bookkeeping},
+        "train": train_cfg.weight_settings(),
     }
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     h.update(str(tuple(images.shape)).encode())

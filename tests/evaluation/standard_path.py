@@ -1,5 +1,8 @@
 """Make torchmetrics' own standard Inception (``feature=2048``) run offline, to prove our convention.
 
+Test code (imported as ``evaluation.standard_path``; tests/ is on sys.path): the product scores with
+pokediff.evaluation alone, and only test_eval_standard_path.py compares it with this path.
+
 torch-fidelity's ``FeatureExtractorInceptionV3`` (which torchmetrics' FID/KID build for an integer
 ``feature``) loads its state dict with ``torch.hub.load_state_dict_from_url``; that function looks in
 ``$TORCH_HOME/hub/checkpoints/<file name of the URL>`` first and downloads only when the file is
