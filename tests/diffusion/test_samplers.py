@@ -279,3 +279,25 @@ def test_bad_names_are_one_line_usage_errors():
                        (lambda: make_sampler("ddpm", sched, 10, variance="big"), "DDPM variance 'big'")]:
         with pytest.raises(UsageError, match=f"unknown {what}; expected one of "):
             call()
+
+
+def test_dpmpp2m_without_lower_order_final_matches_diffusers(gaussian_oracle):
+    """The same grid through diffusers' DPMSolverMultistepScheduler (an independent implementation).
+
+    diffusers keeps its schedule in float32, hence 1e-4. Its lower_order_final only lowers the final
+    jump when the order is 2 (which final_sigmas_type="zero" makes first order anyway), so it matches
+    ours with lower_order_final=False; ours with True also takes the step into t = 0 at first order."""
+    diffusers = pytest.importorskip("diffusers")  # pinned in the bench extra
+    sched = NoiseSchedule("cosine", 1000)
+    model = gaussian_oracle(sched, MU, S)
+    ours = DPMSolverPP2MSampler(sched, 10, lower_order_final=False, clip_x0=False)
+    theirs = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, trained_betas=sched.betas.numpy(), solver_order=2, algorithm_type="dpmsolver++",
+        lower_order_final=False, final_sigmas_type="zero", prediction_type="epsilon")
+    theirs.set_timesteps(timesteps=ours.timesteps)
+    noise = _noise(16)[:64]
+    got = _run(ours, model, noise, seed=0)
+    x = noise.clone()
+    for t in theirs.timesteps.tolist():
+        x = theirs.step(model(x, torch.full((x.shape[0],), t)), t, x).prev_sample
+    torch.testing.assert_close(got, x.double(), rtol=0, atol=1e-4)
