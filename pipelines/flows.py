@@ -32,9 +32,7 @@ from prefect.states import Completed, Failed
 
 from pipelines import dvc_tasks
 from pipelines.dvc_tasks import LOCK_FILE, PARAMS_FILE, StepFailed
-
-SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
-SCHEDULES = ("linear", "cosine", "sigmoid")
+from pokediff.choices import SAMPLERS, SCHEDULES
 
 
 # ----------------------------------------------------------------------------------------------

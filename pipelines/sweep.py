@@ -31,7 +31,8 @@ from prefect.states import Failed
 
 from pipelines import dvc_tasks
 from pipelines.dvc_tasks import LOCK_FILE, PARAMS_FILE, StepFailed
-from pipelines.flows import SAMPLERS, check_overrides, cli_overrides, experiment_name, link_env, report_state
+from pipelines.flows import check_overrides, cli_overrides, experiment_name, link_env, report_state
+from pokediff.choices import SAMPLERS
 
 # CPU-friendly default: about 1 to 2 minutes per point at 300 images on 2 cores (small U-Net).
 DEFAULT_GRID = ["ddim:10", "ddim:25", "ddim:50", "dpmpp2m:10", "dpmpp2m:20"]

@@ -27,6 +27,7 @@ def test_requests_parse_with_optional_eta_and_dataframe_numbers():
     ({"steps": 2.5}, "steps must be an integer"),
     ({"seed": -1}, "seed must be an integer"),
     ({"eta": 3.0}, "eta must be a number from 0 to 1"),
+    ({"sampler": "ddpm", "eta": 0.5}, "eta is used only by ddim; give 0 for ddpm"),
     ({"sampler": "x" * 10_000}, "got xxxxxxxx"),
 ])
 def test_bad_requests_name_the_field(row, message):

@@ -34,12 +34,14 @@ from pydantic import (
     model_validator,
 )
 
+from pokediff.choices import AUTO_SPACING, LOSS_WEIGHTINGS, PREDICTIONS, SAMPLERS, SCHEDULES, SPACINGS
 from pokediff.errors import UsageError, shorten
 
-ScheduleName = Literal["linear", "cosine", "sigmoid"]
-Prediction = Literal["eps", "v", "x0"]
-SamplerName = Literal["ddpm", "ddim", "dpmpp2m"]
-Spacing = Literal["trailing", "leading", "linspace", "logsnr"]
+ScheduleName = Literal[SCHEDULES]
+Prediction = Literal[PREDICTIONS]
+SamplerName = Literal[SAMPLERS]
+Spacing = Literal[SPACINGS]
+LossWeighting = Literal[LOSS_WEIGHTINGS]
 Variant = Literal["normal", "shiny", "back", "female"]
 
 
@@ -169,7 +171,7 @@ class DiffusionConfig(_Section):
     schedule: ScheduleName = "cosine"
     timesteps: int = Field(1000, ge=2, le=100_000)
     prediction: Prediction = "v"
-    loss_weighting: Literal["none", "min_snr"] = "min_snr"
+    loss_weighting: LossWeighting = "min_snr"
     min_snr_gamma: float = Field(5.0, gt=0.0)
 
 
@@ -226,7 +228,7 @@ class SampleConfig(_Section):
     sampler: SamplerName = "ddim"
     steps: int = Field(50, ge=1)
     eta: float = Field(0.0, ge=0.0, le=1.0)
-    spacing: Spacing | Literal["auto"] = "auto"  # auto: trailing for ddim/ddpm, logsnr for dpmpp2m
+    spacing: Spacing | Literal[AUTO_SPACING] = "auto"  # auto: trailing for ddim/ddpm, logsnr for dpmpp2m
     clip_x0: bool = True
     num_images: int = Field(2048, ge=1)  # what score.num_samples scores (FID needs thousands)
     batch_size: int = Field(256, ge=1)

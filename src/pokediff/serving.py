@@ -25,9 +25,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pokediff.choices import ETA_SAMPLERS, SAMPLERS
 from pokediff.config import DiffusionConfig, SampleConfig
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
 MAX_IMAGES_PER_CALL = 64  # summed over the rows of one call
 MAX_ROWS_PER_CALL = 16
 BATCH_SIZE = 16  # images per forward pass while serving
@@ -65,6 +65,8 @@ def parse_requests(rows: Iterable[Mapping[str, Any]], timesteps: int) -> list[Sa
             eta = 0.0
         if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
             raise RequestError(f"request {i}: eta must be a number from 0 to 1, got {str(eta)[:40]}")
+        if eta != 0.0 and sampler not in ETA_SAMPLERS:
+            raise RequestError(f"request {i}: eta is used only by {', '.join(ETA_SAMPLERS)}; give 0 for {sampler}")
         total += n
         if total > MAX_IMAGES_PER_CALL:
             raise RequestError(f"at most {MAX_IMAGES_PER_CALL} images per call")

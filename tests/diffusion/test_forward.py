@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from pokediff.diffusion import (
+    DiffusionValueError,
     NoiseSchedule,
     diffusion_loss,
     from_x0_eps,
@@ -88,3 +89,29 @@ def test_diffusion_loss_is_weighted_per_example_mse():
 def test_unknown_prediction_is_an_error():
     with pytest.raises(ValueError, match="unknown prediction 'score'"):
         to_x0_eps("score", torch.zeros(1), torch.zeros(1), 1.0, 0.0)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid"])
+def test_q_sample_is_the_closed_form_at_every_t(name):
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps exactly, with abar from the float64 table."""
+    sched = NoiseSchedule(name, 1000)
+    g = torch.Generator().manual_seed(3)
+    t = torch.arange(1000)
+    x0 = torch.rand((1000, 2, 3, 3), generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn((1000, 2, 3, 3), generator=g, dtype=torch.float64)
+    abar = sched.alphas_cumprod.view(-1, 1, 1, 1)
+    torch.testing.assert_close(q_sample(sched, x0, t, eps), abar.sqrt() * x0 + (1 - abar).sqrt() * eps,
+                               rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("bad_t", [-1, 1000])
+def test_q_sample_refuses_timesteps_outside_the_schedule(bad_t):
+    """t = -1 used to wrap around to the noisiest step T-1."""
+    sched = NoiseSchedule("cosine", 1000)
+    t = torch.tensor([0, bad_t])
+    with pytest.raises(DiffusionValueError, match=r"t must be in \[0, 999\].*from .*-?\d+ to"):
+        q_sample(sched, torch.zeros(2, 1, 1, 1), t, torch.zeros(2, 1, 1, 1))
+    with pytest.raises(DiffusionValueError, match=r"t must be in \[0, 999\]"):
+        training_target(sched, "v", torch.zeros(2, 1, 1, 1), t, torch.zeros(2, 1, 1, 1))
+    with pytest.raises(DiffusionValueError, match=r"t must be in \[0, 999\]"):
+        min_snr_weight(sched, t, "eps", 5.0)

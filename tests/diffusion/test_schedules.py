@@ -84,3 +84,12 @@ def test_device_tables_are_cached_float32_copies():
     a = sched.table("sqrt_alphas_cumprod", "cpu")
     assert a.dtype == torch.float32 and a is sched.table("sqrt_alphas_cumprod", "cpu")
     torch.testing.assert_close(a.double(), sched.sqrt_alphas_cumprod, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("timesteps", [2, 10, 20])
+def test_short_linear_schedule_names_the_key_and_the_limit(timesteps):
+    """Its betas scale by 1000/T, so beta_end = 0.02 reaches 1 at T = 20."""
+    with pytest.raises(ValueError, match=rf"diffusion.timesteps: the linear schedule needs more than 20 "
+                                         rf"timesteps .* got {timesteps};"):
+        NoiseSchedule("linear", timesteps)
+    assert float(NoiseSchedule("linear", 21).betas[-1]) < 1.0

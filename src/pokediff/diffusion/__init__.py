@@ -1,4 +1,5 @@
-"""Pure diffusion math: schedules, the forward process, samplers. Imports torch only.
+"""Pure diffusion math: schedules, the forward process, samplers. Imports torch only (and the
+torch-free pokediff.choices and pokediff.errors).
 
     from pokediff.diffusion import NoiseSchedule, q_sample, sample
     sched = NoiseSchedule("cosine", timesteps=1000)
@@ -7,8 +8,8 @@
                     prediction="eps", generator=g)
 """
 
+from pokediff.choices import PREDICTIONS, SAMPLERS, SCHEDULES, SPACINGS
 from pokediff.diffusion.forward import (
-    PREDICTIONS,
     diffusion_loss,
     from_x0_eps,
     min_snr_weight,
@@ -18,24 +19,23 @@ from pokediff.diffusion.forward import (
     training_target,
 )
 from pokediff.diffusion.samplers import (
-    SAMPLERS,
-    SPACINGS,
     DDIMSampler,
     DDPMSampler,
     DPMSolverPP2MSampler,
+    GaussianStepSampler,
     Sampler,
     StepOutput,
     make_sampler,
     make_timesteps,
     sample,
 )
-from pokediff.diffusion.schedules import SCHEDULES, NoiseSchedule, extract, make_betas
+from pokediff.diffusion.schedules import DiffusionValueError, NoiseSchedule, extract, make_betas
 
 __all__ = [
     "PREDICTIONS", "SAMPLERS", "SCHEDULES", "SPACINGS",
-    "NoiseSchedule", "make_betas", "extract",
+    "NoiseSchedule", "make_betas", "extract", "DiffusionValueError",
     "q_sample", "q_step_sample", "training_target", "to_x0_eps", "from_x0_eps",
     "min_snr_weight", "diffusion_loss",
-    "Sampler", "StepOutput", "DDPMSampler", "DDIMSampler", "DPMSolverPP2MSampler",
+    "Sampler", "StepOutput", "GaussianStepSampler", "DDPMSampler", "DDIMSampler", "DPMSolverPP2MSampler",
     "make_sampler", "make_timesteps", "sample",
 ]

@@ -23,12 +23,17 @@ from dataclasses import dataclass
 
 import torch
 
+from pokediff.choices import (
+    AUTO_SPACING,
+    DEFAULT_SPACING,
+    ETA_SAMPLERS,
+    PREDICTIONS,
+    SAMPLERS,
+    SPACINGS,
+    VARIANCES,
+)
 from pokediff.diffusion.forward import to_x0_eps
-from pokediff.diffusion.schedules import NoiseSchedule
-
-SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
-SPACINGS = ("trailing", "leading", "linspace", "logsnr")
-DEFAULT_SPACING = {"ddpm": "trailing", "ddim": "trailing", "dpmpp2m": "logsnr"}
+from pokediff.diffusion.schedules import DiffusionValueError, NoiseSchedule, check_choice
 
 
 @dataclass
@@ -60,18 +65,17 @@ def make_timesteps(sched: NoiseSchedule, steps: int, spacing: str = "trailing") 
                It ends at t = 0, so the final jump to clean data starts from almost no noise.
     """
     T = sched.timesteps
+    check_choice("timestep spacing", spacing, SPACINGS)
     if not 1 <= steps <= T:
-        raise ValueError(f"steps must be in [1, {T}] (the schedule's timesteps), got {steps}")
+        raise DiffusionValueError(f"steps must be in [1, {T}] (the schedule's timesteps), got {steps}")
     if spacing == "trailing":
         ts = [round(T - 1 - i * T / steps) for i in range(steps)]
     elif spacing == "leading":
         ts = [(steps - 1 - i) * (T // steps) for i in range(steps)]
     elif spacing == "linspace":
         ts = [round(x) for x in torch.linspace(T - 1, 0, steps, dtype=torch.float64).tolist()]
-    elif spacing == "logsnr":
+    else:  # logsnr
         ts = _logsnr_uniform_timesteps(sched, steps)
-    else:
-        raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
     return _strictly_decreasing(ts, T)
 
 
@@ -122,6 +126,7 @@ class Sampler:
 
     def __init__(self, sched: NoiseSchedule, steps: int, *, prediction: str = "eps", clip_x0: bool = True,
                  spacing: str | None = None):
+        check_choice("prediction", prediction, PREDICTIONS)
         self.sched = sched
         self.prediction = prediction
         self.clip_x0 = clip_x0
@@ -150,9 +155,8 @@ class Sampler:
     def predict_x0_eps(self, model_output: torch.Tensor, t: int, x_t: torch.Tensor):
         alpha, sigma = self.sched.alpha_sigma(t)
         x0, eps = to_x0_eps(self.prediction, model_output.to(x_t.dtype), x_t, alpha, sigma)
-        if self.clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
-            eps = (x_t - alpha * x0) / sigma
+        if self.clip_x0:  # the eps that the clamped x0 implies, so the update stays consistent
+            x0, eps = to_x0_eps("x0", x0.clamp(-1.0, 1.0), x_t, alpha, sigma)
         return x0, eps
 
     def step(self, model_output: torch.Tensor, t: int, x_t: torch.Tensor,
@@ -165,75 +169,85 @@ def _abar(sched: NoiseSchedule, t: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# DDPM: ancestral sampling from the posterior q(x_s | x_t, x0)
+# DDPM and DDIM: one Gaussian step x_s = c_x0 x0 + c_eps eps + c_xt x_t + std z
 # ----------------------------------------------------------------------------------------------
-class DDPMSampler(Sampler):
+class GaussianStepSampler(Sampler):
+    """The step DDPM and DDIM share: a Gaussian around a combination of the estimates and x_t,
+
+        x_s = c_x0 x0_hat + c_eps eps_hat + c_xt x_t + std z,   z ~ N(0, I) from ``generator``,
+
+    with one (c_x0, c_eps, c_xt, std) per step from ``_coefficients``. A zero coefficient's term is
+    skipped rather than multiplied out, so each sampler does exactly the arithmetic of its own formula.
+    Noise is drawn only where std > 0 (never on the final step to clean data): DDPM and DDIM(eta = 1)
+    draw the same z from the same generator, which is what makes them comparable."""
+
+    def __init__(self, sched: NoiseSchedule, steps: int, **kw):
+        super().__init__(sched, steps, **kw)
+        self._coefs = [self._coefficients(_abar(sched, t), _abar(sched, s), s < 0)
+                       for t, s in zip(self.timesteps, self.prev_timesteps)]
+
+    def _coefficients(self, abar_t: float, abar_s: float, final: bool) -> tuple[float, float, float, float]:
+        raise NotImplementedError
+
+    def step(self, model_output, t, x_t, generator=None) -> StepOutput:
+        i = self._position(t)
+        x0, eps = self.predict_x0_eps(model_output, t, x_t)
+        c_x0, c_eps, c_xt, std = self._coefs[i]
+        x_prev = c_x0 * x0
+        if c_eps:
+            x_prev = x_prev + c_eps * eps
+        if c_xt:
+            x_prev = x_prev + c_xt * x_t
+        if std > 0:
+            x_prev = x_prev + std * randn(x_t.shape, generator, x_t.device, x_t.dtype)
+        return StepOutput(x_prev, x0)
+
+
+class DDPMSampler(GaussianStepSampler):
     """Ancestral sampling, DDPM eq. 6-7 generalised to a jump t -> s < t (s = t-1 with all T steps).
 
     With beta_ts = 1 - abar_t / abar_s:
         mean = sqrt(abar_s) beta_ts / (1 - abar_t) * x0 + sqrt(1 - beta_ts) (1 - abar_s) / (1 - abar_t) * x_t
         var  = beta_ts (1 - abar_s) / (1 - abar_t)   ("beta_tilde", the posterior variance; default)
             or beta_ts                               ("beta", the upper bound in DDPM sec. 3.2)
-    No noise is added on the final step to clean data."""
+    No noise is added on the final step to clean data. With "beta_tilde" this is DDIM with eta = 1
+    (the same mean written with x_t instead of eps; tests/diffusion checks the two agree)."""
 
     name = "ddpm"
 
     def __init__(self, sched: NoiseSchedule, steps: int | None = None, *, variance: str = "beta_tilde", **kw):
-        if variance not in ("beta_tilde", "beta"):
-            raise ValueError(f"unknown DDPM variance {variance!r}; expected 'beta_tilde' or 'beta'")
-        super().__init__(sched, steps or sched.timesteps, **kw)
+        check_choice("DDPM variance", variance, VARIANCES)
         self.variance = variance
-        self._coefs = []
-        for t, s in zip(self.timesteps, self.prev_timesteps):
-            abar_t, abar_s = _abar(sched, t), _abar(sched, s)
-            beta_ts = 1.0 - abar_t / abar_s
-            c_x0 = math.sqrt(abar_s) * beta_ts / (1.0 - abar_t)
-            c_xt = math.sqrt(1.0 - beta_ts) * (1.0 - abar_s) / (1.0 - abar_t)
-            var = beta_ts * (1.0 - abar_s) / (1.0 - abar_t) if variance == "beta_tilde" else beta_ts
-            self._coefs.append((c_x0, c_xt, math.sqrt(var) if s >= 0 else 0.0))
+        super().__init__(sched, sched.timesteps if steps is None else steps, **kw)
 
-    def step(self, model_output, t, x_t, generator=None) -> StepOutput:
-        i = self._position(t)
-        x0, _ = self.predict_x0_eps(model_output, t, x_t)
-        c_x0, c_xt, std = self._coefs[i]
-        x_prev = c_x0 * x0 + c_xt * x_t
-        if std > 0:
-            x_prev = x_prev + std * randn(x_t.shape, generator, x_t.device, x_t.dtype)
-        return StepOutput(x_prev, x0)
+    def _coefficients(self, abar_t, abar_s, final):
+        beta_ts = 1.0 - abar_t / abar_s
+        c_x0 = math.sqrt(abar_s) * beta_ts / (1.0 - abar_t)
+        c_xt = math.sqrt(1.0 - beta_ts) * (1.0 - abar_s) / (1.0 - abar_t)
+        var = beta_ts * (1.0 - abar_s) / (1.0 - abar_t) if self.variance == "beta_tilde" else beta_ts
+        return c_x0, 0.0, c_xt, 0.0 if final else math.sqrt(var)
 
 
-# ----------------------------------------------------------------------------------------------
-# DDIM: non-Markovian, deterministic at eta = 0
-# ----------------------------------------------------------------------------------------------
-class DDIMSampler(Sampler):
+class DDIMSampler(GaussianStepSampler):
     """DDIM (Song et al. 2021) eq. 12:
 
         x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma_ts^2) eps + sigma_ts z,
         sigma_ts = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s)      (eq. 16)
 
-    eta = 0 is the deterministic probability-flow-like sampler; eta = 1 matches DDPM's posterior variance."""
+    eta = 0 is the deterministic probability-flow-like sampler; eta = 1 is DDPM with the posterior
+    variance (DDPMSampler, variance "beta_tilde"). At s = -1 (abar_s = 1) sigma_ts = 0."""
 
     name = "ddim"
 
     def __init__(self, sched: NoiseSchedule, steps: int = 50, *, eta: float = 0.0, **kw):
         if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
-        super().__init__(sched, steps, **kw)
+            raise DiffusionValueError(f"eta must be in [0, 1], got {eta}")
         self.eta = eta
-        self._coefs = []
-        for t, s in zip(self.timesteps, self.prev_timesteps):
-            abar_t, abar_s = _abar(sched, t), _abar(sched, s)
-            sigma = eta * math.sqrt((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s))
-            self._coefs.append((math.sqrt(abar_s), math.sqrt(max(1 - abar_s - sigma**2, 0.0)), sigma))
+        super().__init__(sched, steps, **kw)
 
-    def step(self, model_output, t, x_t, generator=None) -> StepOutput:
-        i = self._position(t)
-        x0, eps = self.predict_x0_eps(model_output, t, x_t)
-        c_x0, c_eps, sigma = self._coefs[i]
-        x_prev = c_x0 * x0 + c_eps * eps
-        if sigma > 0:
-            x_prev = x_prev + sigma * randn(x_t.shape, generator, x_t.device, x_t.dtype)
-        return StepOutput(x_prev, x0)
+    def _coefficients(self, abar_t, abar_s, final):
+        sigma = self.eta * math.sqrt((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s))
+        return math.sqrt(abar_s), math.sqrt(max(1 - abar_s - sigma**2, 0.0)), 0.0, sigma
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,15 +309,22 @@ class DPMSolverPP2MSampler(Sampler):
 def make_sampler(name: str, sched: NoiseSchedule, steps: int | None = None, *, eta: float = 0.0,
                  prediction: str = "eps", clip_x0: bool = True, spacing: str | None = None,
                  variance: str = "beta_tilde") -> Sampler:
-    spacing = None if spacing in (None, "auto") else spacing
+    """The sampler called ``name`` (see pokediff.choices.SAMPLERS).
+
+    steps None: the sampler's default (ddpm: all T, ddim: 50, dpmpp2m: 20); anything else must be in
+    [1, T]. spacing None or "auto": the sampler's default spacing. eta must be 0 for the samplers that
+    have no use for it, rather than being ignored."""
+    check_choice("sampler", name, SAMPLERS)
+    if eta != 0.0 and name not in ETA_SAMPLERS:
+        raise DiffusionValueError(f"eta (sample.eta) is used only by {', '.join(ETA_SAMPLERS)}; {name} would "
+                                  f"ignore it: give 0, got {eta}")
+    spacing = None if spacing in (None, AUTO_SPACING) else spacing
     common = dict(prediction=prediction, clip_x0=clip_x0, spacing=spacing)
     if name == "ddpm":
         return DDPMSampler(sched, steps, variance=variance, **common)
     if name == "ddim":
-        return DDIMSampler(sched, steps or 50, eta=eta, **common)
-    if name == "dpmpp2m":
-        return DPMSolverPP2MSampler(sched, steps or 20, **common)
-    raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+        return DDIMSampler(sched, 50 if steps is None else steps, eta=eta, **common)
+    return DPMSolverPP2MSampler(sched, 20 if steps is None else steps, **common)
 
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

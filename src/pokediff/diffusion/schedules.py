@@ -20,7 +20,20 @@ import math
 
 import torch
 
-SCHEDULES = ("linear", "cosine", "sigmoid")
+from pokediff.choices import SCHEDULES
+from pokediff.errors import UsageError
+
+
+class DiffusionValueError(UsageError, ValueError):
+    """A diffusion argument that is not one of its choices or is out of range; the message names it.
+
+    A ValueError for library callers, a one-line UsageError for the CLI."""
+
+
+def check_choice(what: str, value: object, allowed: tuple[str, ...]) -> None:
+    """Raise the one error for a name that is not one of ``allowed`` (see pokediff.choices)."""
+    if value not in allowed:
+        raise DiffusionValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -28,8 +41,14 @@ SCHEDULES = ("linear", "cosine", "sigmoid")
 # ----------------------------------------------------------------------------------------------
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """DDPM's linear schedule. For T != 1000 the endpoints scale by 1000/T (Nichol & Dhariwal 2021),
-    so the total amount of noise, and hence abar_{T-1}, stays about the same."""
+    so the total amount of noise, and hence abar_{T-1}, stays about the same. The last beta,
+    beta_end * 1000 / T, must stay below 1: T > 1000 * beta_end (T > 20 for the default)."""
     scale = 1000.0 / timesteps
+    if beta_end * scale >= 1.0:
+        limit = math.floor(beta_end * 1000.0)
+        raise DiffusionValueError(
+            f"diffusion.timesteps: the linear schedule needs more than {limit} timesteps (its last beta, "
+            f"{beta_end} * 1000 / T, must stay below 1), got {timesteps}; use more or the cosine schedule")
     return torch.linspace(beta_start * scale, beta_end * scale, timesteps, dtype=torch.float64)
 
 
@@ -64,14 +83,12 @@ def sigmoid_betas(timesteps: int, max_beta: float = 0.999) -> torch.Tensor:
     return betas_from_alphas_cumprod(sigmoid_alphas_cumprod, timesteps, max_beta)
 
 
+_BETAS = {"linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}  # keys: SCHEDULES
+
+
 def make_betas(name: str, timesteps: int) -> torch.Tensor:
-    if name == "linear":
-        return linear_betas(timesteps)
-    if name == "cosine":
-        return cosine_betas(timesteps)
-    if name == "sigmoid":
-        return sigmoid_betas(timesteps)
-    raise ValueError(f"unknown noise schedule {name!r}; expected one of {', '.join(SCHEDULES)}")
+    check_choice("noise schedule", name, SCHEDULES)
+    return _BETAS[name](timesteps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,6 +160,20 @@ def extract(table: torch.Tensor, t: torch.Tensor, shape: torch.Size | tuple[int,
     """Gather table[t] for a batch of timesteps and reshape to broadcast over ``shape``.
 
     table: (T,), t: (B,) long -> (B, 1, 1, ...) with len(shape) dims, on t's device."""
+    check_timesteps(t, table.shape[0])
     if table.device != t.device:
         table = table.to(t.device)
     return table[t].reshape(t.shape[0], *([1] * (len(shape) - 1)))
+
+
+def check_timesteps(t: torch.Tensor, timesteps: int) -> None:
+    """Every t must be in [0, T-1]: a negative index would silently wrap around to the noisiest steps.
+
+    On the CPU this raises DiffusionValueError. On an accelerator it queues an assertion instead of
+    reading t back, which would make the training loop wait for the device at every step."""
+    if t.device.type != "cpu":
+        torch._assert_async(((t >= 0) & (t < timesteps)).all())
+    elif t.numel() and (int(t.min()) < 0 or int(t.max()) >= timesteps):
+        raise DiffusionValueError(
+            f"t must be in [0, {timesteps - 1}] (the schedule's timesteps), got values from {int(t.min())} "
+            f"to {int(t.max())}")

@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+from pokediff.choices import AUTO_SPACING, SAMPLERS, SPACINGS
 from pokediff.cli import add_common_arguments
 
 
@@ -22,10 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint", help="model.safetensors or checkpoints/last.pt "
                                           "(default: <train.out_dir>/model.safetensors)")
     src.add_argument("--model", help="MLflow model URI, e.g. models:/pokemon-ddpm@champion")
-    parser.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], help="(sample.sampler)")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="(sample.sampler)")
     parser.add_argument("--steps", type=int, help="sampling steps (sample.steps; ddpm uses all T if omitted)")
     parser.add_argument("--eta", type=float, help="DDIM noise, 0 = deterministic (sample.eta)")
-    parser.add_argument("--spacing", choices=["auto", "trailing", "leading", "linspace", "logsnr"])
+    parser.add_argument("--spacing", choices=(AUTO_SPACING, *SPACINGS))
     parser.add_argument("--num-images", type=int, help="how many images (sample.num_images)")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (sample.batch_size)")
     parser.add_argument("--seed", type=int, help="(sample.seed)")
