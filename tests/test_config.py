@@ -46,6 +46,22 @@ def test_bad_values_name_the_key(tmp_path, override, message):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["sample.sampler=ddpm", "sample.eta=0.5"], "sample: eta=0.5 is only used by ddim; sampler=ddpm would ignore it"),
+    (["sample.sampler=dpmpp2m", "sample.eta=1"], "sampler=dpmpp2m would ignore it"),
+    (["diffusion.schedule=linear", "diffusion.timesteps=20", "sample.steps=10"],
+     "diffusion: timesteps=20: the linear schedule needs at least 21"),
+])
+def test_settings_a_sampler_or_schedule_cannot_honour_stop_before_any_work(overrides, message):
+    # Found by comparing with diffusers: eta was silently ignored by ddpm / dpmpp2m, and a short linear
+    # schedule failed only when training built it. Both are now params errors (exit 2, one line).
+    with pytest.raises(ConfigError) as info:
+        load_params("none", overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    load_params("none", [*overrides[:-1], "sample.eta=0"] if "eta" in overrides[-1] else
+                ["diffusion.schedule=linear", "diffusion.timesteps=21", "sample.steps=10"])  # the limit is exact
+
+
 def test_bad_yaml_file_names_the_file(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("train: [unclosed\n")

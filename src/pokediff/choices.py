@@ -19,3 +19,8 @@ AUTO_SPACING = "auto"  # sample.spacing: the sampler's own default below
 DEFAULT_SPACING = {"ddpm": "trailing", "ddim": "trailing", "dpmpp2m": "logsnr"}
 VARIANCES = ("beta_tilde", "beta")  # DDPM's per-step noise: the posterior variance or its upper bound
 ETA_SAMPLERS = ("ddim",)  # the samplers whose noise level eta can set; the others refuse eta != 0
+
+# DDPM's linear schedule at T = 1000; other T scale both ends by 1000 / T, so the last beta stays below 1
+# only for T > 1000 * LINEAR_BETA_END (20): params.yaml is checked against that before any work.
+LINEAR_BETA_START, LINEAR_BETA_END = 1e-4, 0.02
+LINEAR_MIN_TIMESTEPS = int(1000 * LINEAR_BETA_END) + 1

@@ -34,7 +34,16 @@ from pydantic import (
     model_validator,
 )
 
-from pokediff.choices import AUTO_SPACING, LOSS_WEIGHTINGS, PREDICTIONS, SAMPLERS, SCHEDULES, SPACINGS
+from pokediff.choices import (
+    AUTO_SPACING,
+    ETA_SAMPLERS,
+    LINEAR_MIN_TIMESTEPS,
+    LOSS_WEIGHTINGS,
+    PREDICTIONS,
+    SAMPLERS,
+    SCHEDULES,
+    SPACINGS,
+)
 from pokediff.errors import UsageError, shorten
 
 ScheduleName = Literal[SCHEDULES]
@@ -174,6 +183,13 @@ class DiffusionConfig(_Section):
     loss_weighting: LossWeighting = "min_snr"
     min_snr_gamma: float = Field(5.0, gt=0.0)
 
+    @model_validator(mode="after")
+    def _linear_needs_enough_steps(self) -> DiffusionConfig:
+        if self.schedule == "linear" and self.timesteps < LINEAR_MIN_TIMESTEPS:
+            raise ValueError(f"timesteps={self.timesteps}: the linear schedule needs at least {LINEAR_MIN_TIMESTEPS} "
+                             "(its last beta must stay below 1); use more or the cosine schedule")
+        return self
+
 
 # ----------------------------------------------------------------------------------------------
 # Training, sampling, scoring
@@ -235,6 +251,13 @@ class SampleConfig(_Section):
     seed: int = 0
     use_ema: bool = True
     out_dir: str = "outputs/samples"
+
+    @model_validator(mode="after")
+    def _eta_only_where_it_counts(self) -> SampleConfig:
+        if self.eta != 0 and self.sampler not in ETA_SAMPLERS:
+            raise ValueError(f"eta={self.eta} is only used by {' / '.join(ETA_SAMPLERS)}; sampler={self.sampler} "
+                             "would ignore it (set eta: 0)")
+        return self
 
 
 class ScoreConfig(_Section):

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from pokediff.choices import SCHEDULES
+from pokediff.choices import LINEAR_BETA_END, LINEAR_BETA_START, SCHEDULES
 from pokediff.errors import UsageError
 
 
@@ -39,7 +39,8 @@ def check_choice(what: str, value: object, allowed: tuple[str, ...]) -> None:
 # ----------------------------------------------------------------------------------------------
 # Beta schedules: pure functions T -> betas (T,) float64
 # ----------------------------------------------------------------------------------------------
-def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+def linear_betas(timesteps: int, beta_start: float = LINEAR_BETA_START,
+                 beta_end: float = LINEAR_BETA_END) -> torch.Tensor:
     """DDPM's linear schedule. For T != 1000 the endpoints scale by 1000/T (Nichol & Dhariwal 2021),
     so the total amount of noise, and hence abar_{T-1}, stays about the same. The last beta,
     beta_end * 1000 / T, must stay below 1: T > 1000 * beta_end (T > 20 for the default)."""
