@@ -22,18 +22,15 @@ from tqdm import tqdm
 
 from pokediff.data.images import (
     RGB,
+    WHITE,
     BadImageError,
-    check_square_limit,
     decode_frames,
     encode_png,
     pixel_stats,
-    to_square_rgb,
+    to_square_frames,
 )
 from pokediff.errors import PokediffError
 
-# SVGs are rendered at this multiple of the target resolution, then Lanczos-downsampled like the
-# rasters: the same filter for every image, and resvg's anti-aliasing is not the last word.
-SVG_OVERSAMPLE = 2
 # Files per task sent to a worker process, and tasks in flight per worker (bounds memory: the
 # source is streamed, not loaded whole).
 _BATCH_FILES = 16
@@ -57,7 +54,7 @@ class IngestSettings:
     frames_per_gif: int = 2
     variants: tuple[str, ...] = ("normal", "shiny")
     dreamworld: bool = False
-    background: RGB = (255, 255, 255)
+    background: RGB = WHITE
     max_pixels: int = 4_000_000
     max_quarantine_fraction: float = 0.2
     num_workers: int = 1  # 1: decode in this process; >1: a pool of worker processes
@@ -98,13 +95,11 @@ def process_file(data: bytes, extension: str, settings: IngestSettings) -> tuple
         extension,
         frames_per_animation=settings.frames_per_gif,
         max_pixels=settings.max_pixels,
-        svg_render_size=SVG_OVERSAMPLE * settings.resolution,
+        resolution=settings.resolution,
     )
-    for frame in frames:  # all checked before any square is allocated
-        check_square_limit(frame.image.width, frame.image.height, settings.max_pixels)
+    squares = to_square_frames(frames, settings.resolution, settings.background, settings.max_pixels)
     encoded = []
-    for frame in frames:
-        square = to_square_rgb(frame.image, settings.resolution, settings.background)
+    for frame, square in zip(frames, squares, strict=True):
         stats = pixel_stats(np.asarray(square), settings.background)
         encoded.append(
             EncodedFrame(
