@@ -6,6 +6,11 @@
     load_training_images(path, resolution)    -> uint8 tensor (N, 3, R, R) for the training loop
     PokemonDataset(root, hflip=True)          -> torch Dataset of (3, R, R) floats in [-1, 1]
 
+Reading and converting images has one home each, used by training, scoring (pokediff.evaluation),
+ingest, the sample PNGs and the run fingerprint: `sources` finds and reads files (raw sources,
+ingested datasets, image folders), `images` converts them (decode with size limits, composite,
+square, uint8 <-> [-1, 1], PNG bytes, the pixel hash).
+
 The torch-based names (load_training_images, PokemonDataset) and the Great Expectations based ones
 (validate_dataset, ValidationThresholds) are imported on first use: ingest runs in worker processes
 that must not pay for importing torch or great_expectations.

@@ -378,7 +378,10 @@ def read_image(path: Path, resolution: int | None = None, background: RGB = WHIT
     Raises BadImageError (a ValueError) for a file that is not a usable image, OSError when it cannot
     be read, TooLargeError (an OSError) beyond MAX_FILE_BYTES."""
     with open(path, "rb") as handle:
-        data = handle.read(MAX_FILE_BYTES + 1)
+        declared = os.fstat(handle.fileno()).st_size
+        data = handle.read(min(declared, MAX_FILE_BYTES) + 1)  # read(n) allocates n bytes: the file's size
+        if len(data) > declared:  # grew since fstat, or a special file: read on, up to the cap
+            data += handle.read(MAX_FILE_BYTES + 1 - len(data))
     if len(data) > MAX_FILE_BYTES:
         raise TooLargeError(f"{path}: more than {MAX_FILE_BYTES:,} bytes (the limit); not read further")
     return decode_rgb(data, path.suffix.lower(), resolution=resolution, max_pixels=FOLDER_MAX_PIXELS,
