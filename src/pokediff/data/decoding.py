@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from pokediff.data.images import (
     RGB,
-    WHITE,
     BadImageError,
     decode_frames,
     encode_png,
@@ -54,7 +53,7 @@ class IngestSettings:
     frames_per_gif: int = 2
     variants: tuple[str, ...] = ("normal", "shiny")
     dreamworld: bool = False
-    background: RGB = WHITE
+    background: RGB = (255, 255, 255)
     max_pixels: int = 4_000_000
     max_quarantine_fraction: float = 0.2
     num_workers: int = 1  # 1: decode in this process; >1: a pool of worker processes
