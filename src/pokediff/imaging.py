@@ -1,4 +1,7 @@
-"""Tensor <-> image files for generated samples: uint8 conversion, PNGs, grids, denoising strips."""
+"""Tensors -> image files for generated samples: PNGs and grids.
+
+The conversions themselves (float -> uint8, PNG bytes with the one compression level) are
+pokediff.data.images'; `to_uint8` is re-exported here for the sampling code."""
 
 from __future__ import annotations
 
@@ -8,16 +11,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-
-def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
-    """Float images in ``value_range`` (the model's [-1, 1]) -> uint8 0..255, rounded as PNG saving does.
-
-    (B, C, H, W) -> (B, C, H, W). The one conversion used for PNGs, grids and FID inputs alike."""
-    if not images.is_floating_point():
-        raise TypeError(f"to_uint8 expects a float tensor, got {images.dtype}")
-    lo, hi = value_range
-    x = (images.detach().float() - lo) / (hi - lo)
-    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+from pokediff.data.images import encode_png
+from pokediff.data.images import to_uint8 as to_uint8  # re-exported (sampling)
 
 
 def _pil(img: torch.Tensor) -> Image.Image:
@@ -29,7 +24,7 @@ def _pil(img: torch.Tensor) -> Image.Image:
 def save_png(img: torch.Tensor, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _pil(img).save(path, format="PNG", optimize=False, compress_level=6)  # no metadata: byte-stable
+    path.write_bytes(encode_png(_pil(img)))  # no metadata: byte-stable
     return path
 
 

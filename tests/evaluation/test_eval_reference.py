@@ -56,7 +56,7 @@ def test_manifest_decides_files_and_order(tmp_path, train_images) -> None:
 
 def test_manifest_errors_name_the_file(tmp_path) -> None:
     (tmp_path / "manifest.csv").write_text("file\nx.png\n")
-    with pytest.raises(ValueError, match=r"manifest.csv: needs a 'path' column"):
+    with pytest.raises(ValueError, match=r"manifest.csv: missing column\(s\) \['path'\]"):
         list_images(tmp_path)
     (tmp_path / "manifest.csv").write_text("path\nmissing.png\n")
     with pytest.raises(FileNotFoundError, match="missing.png"):

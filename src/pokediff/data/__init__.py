@@ -7,6 +7,12 @@
     PokemonDataset(root, hflip=True)            -> torch Dataset of (3, R, R) floats in [-1, 1]
 
 data and checks are the params sections (config.DataConfig, config.ValidateConfig), passed as they are.
+
+Reading and converting images has one home each, used by training, scoring (pokediff.evaluation),
+ingest, the sample PNGs and the run fingerprint: `sources` finds and reads files (raw sources,
+ingested datasets, image folders), `images` converts them (decode with size limits, composite,
+square, uint8 <-> [-1, 1], PNG bytes, the pixel hash).
+
 The torch-based names (load_training_images, PokemonDataset) and the Great Expectations based ones
 (validate_dataset, ValidationReport) are imported on first use: ingest runs in worker processes
 that must not pay for importing torch or great_expectations.

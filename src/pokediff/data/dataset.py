@@ -13,16 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pokediff.data.images import IMAGE_EXTENSIONS, BadImageError, check_square_limit, decode_frames, to_square_rgb
-from pokediff.data.manifest import MANIFEST_NAME, read_manifest
+from pokediff.data.images import DEFAULT_RESOLUTION, BadImageError, from_uint8
+from pokediff.data.sources import dataset_files, read_image
 from pokediff.errors import PokediffError
 
-# Used for a plain folder when no resolution is asked for (the project's default data.resolution).
-DEFAULT_RESOLUTION = 64
-# Plain folders: the first frame of an animation only; SVGs render at this multiple of the target.
-_SVG_OVERSAMPLE = 2
-# Generous, but keeps a stray 100-megapixel photo from stalling a training start.
-_FOLDER_MAX_PIXELS = 40_000_000
 _WARN_LIST_LIMIT = 20
 
 
@@ -30,33 +24,13 @@ class NoImagesError(PokediffError, FileNotFoundError):
     """Nothing usable at the given path; the message names the path."""
 
 
-def _list_image_files(folder: Path) -> list[Path]:
-    """Image files under `folder`, any depth, hidden files and folders skipped, sorted by path."""
-    found = []
-    for path in folder.rglob("*"):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-            found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
-
-
 def _load_square(path: Path, resolution: int | None) -> np.ndarray:
     """One file -> (R, R, 3) uint8, first frame, alpha on white; `None` keeps a square file's size."""
-    frame = decode_frames(
-        path.read_bytes(),
-        path.suffix.lower(),
-        frames_per_animation=1,
-        max_pixels=_FOLDER_MAX_PIXELS,
-        svg_render_size=_SVG_OVERSAMPLE * (resolution or DEFAULT_RESOLUTION),
-    )[0].image
-    check_square_limit(frame.width, frame.height, _FOLDER_MAX_PIXELS)  # the padded square is allocated too
-    if resolution is None:
-        if frame.width != frame.height:
-            raise BadImageError(f"not square ({frame.width}x{frame.height}) and no resolution given")
-        resolution = frame.width
-    return np.asarray(to_square_rgb(frame, resolution))
+    pixels = read_image(path, resolution)
+    height, width = pixels.shape[:2]
+    if width != height:  # only possible with resolution=None
+        raise BadImageError(f"not square ({width}x{height}) and no resolution given")
+    return pixels
 
 
 def _warn_skipped(skipped: list[tuple[str, str]], root: Path) -> None:
@@ -89,12 +63,10 @@ def load_training_images(path: str | Path, resolution: int | None = None) -> tor
     root = Path(path)
     if not root.is_dir():
         raise NoImagesError(f"training images: {root} is not a directory")
-    manifest_path = root / MANIFEST_NAME
-    if manifest_path.is_file():
-        files = [root / relative for relative in read_manifest(manifest_path)["path"]]
+    files, manifest_path = dataset_files(root)
+    if manifest_path is not None:
         source = f"{manifest_path} lists no images"
     else:
-        files = _list_image_files(root)
         resolution = resolution or DEFAULT_RESOLUTION
         source = f"no image files (png/jpg/jpeg/webp/gif/svg) found under {root}"
     arrays: list[np.ndarray] = []
@@ -135,7 +107,7 @@ class PokemonDataset(torch.utils.data.Dataset):
         return int(self.images.shape[0])
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        image = self.images[index].float().div_(127.5).sub_(1.0)  # uint8 0..255 -> [-1, 1]
+        image = from_uint8(self.images[index])  # (3, R, R) in [-1, 1]
         if self.hflip and bool(torch.rand(()) < 0.5):
             image = image.flip(-1)
         return image

@@ -24,17 +24,13 @@ from tqdm import tqdm
 from pokediff.config import DataConfig
 from pokediff.data.images import (
     BadImageError,
-    check_square_limit,
     decode_frames,
     encode_png,
     pixel_stats,
-    to_square_rgb,
+    to_square_frames,
 )
 from pokediff.errors import PokediffError
 
-# SVGs are rendered at this multiple of the target resolution, then Lanczos-downsampled like the
-# rasters: the same filter for every image, and resvg's anti-aliasing is not the last word.
-SVG_OVERSAMPLE = 2
 # Files per task sent to a worker process, and tasks in flight per worker (bounds memory: the
 # source is streamed, not loaded whole).
 _BATCH_FILES = 16
@@ -85,13 +81,11 @@ def process_file(data: bytes, extension: str, settings: DataConfig) -> tuple[Enc
         extension,
         frames_per_animation=settings.frames_per_gif,
         max_pixels=settings.max_pixels,
-        svg_render_size=SVG_OVERSAMPLE * settings.resolution,
+        resolution=settings.resolution,
     )
-    for frame in frames:  # all checked before any square is allocated
-        check_square_limit(frame.image.width, frame.image.height, settings.max_pixels)
+    squares = to_square_frames(frames, settings.resolution, settings.background, settings.max_pixels)
     encoded = []
-    for frame in frames:
-        square = to_square_rgb(frame.image, settings.resolution, settings.background)
+    for frame, square in zip(frames, squares, strict=True):
         stats = pixel_stats(np.asarray(square), settings.background)
         encoded.append(
             EncodedFrame(

@@ -1,7 +1,10 @@
-"""Decode one raw image file into RGBA frames, and turn a frame into a square RGB training image.
+"""Image conversion, the one place for it: raw file bytes -> RGBA frames -> RGB pixels -> PNG bytes,
+uint8 <-> [-1, 1] floats, and the pixel hash.
 
-Everything here works on bytes and PIL images, never on paths or params, so the same code serves
-ingest (archives and folders), `load_training_images` (any folder) and the tests.
+Everything here works on bytes, PIL images, arrays and tensors, never on paths or params, so the same
+code serves ingest (archives and folders), training and scoring (through `pokediff.data.sources`,
+which finds and reads the files) and the tests. torch is never imported here: ingest's worker
+processes load this module and must stay light; the tensor functions only call tensor methods.
 
 Why the steps are in this order (see `to_square_rgb`):
 
@@ -40,13 +43,18 @@ import re
 import struct
 import urllib.parse
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from xml.parsers import expat
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from pokediff.errors import PokediffError, shorten
+
+if TYPE_CHECKING:
+    import torch
 
 RASTER_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
 VECTOR_EXTENSIONS = frozenset({".svg"})
@@ -61,10 +69,17 @@ ALLOWED_PIL_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 BACKGROUND_TOLERANCE = 8
 
 # Fixed PNG settings: no metadata chunks, same zlib level every time, so equal pixels always give
-# equal bytes (the deterministic-output guarantee of ingest rests on this).
+# equal bytes (the deterministic-output guarantee of ingest and of the sample PNGs rests on this).
 PNG_COMPRESS_LEVEL = 6
 
+# SVGs are rendered at this multiple of the target resolution, then Lanczos-downsampled like the
+# rasters: the same filter for every image, and resvg's anti-aliasing is not the last word.
+SVG_OVERSAMPLE = 2
+# The size an SVG is rendered for when none is asked for (the project's default data.resolution).
+DEFAULT_RESOLUTION = 64
+
 RGB = tuple[int, int, int]
+WHITE: RGB = (255, 255, 255)  # the default background transparent pixels are composited on
 
 
 class BadImageError(PokediffError, ValueError):
@@ -443,11 +458,13 @@ def decode_svg(data: bytes, *, render_size: int, max_pixels: int) -> list[Frame]
 
 
 def decode_frames(
-    data: bytes, extension: str, *, frames_per_animation: int, max_pixels: int, svg_render_size: int
+    data: bytes, extension: str, *, frames_per_animation: int, max_pixels: int, resolution: int
 ) -> list[Frame]:
-    """Dispatch on the file extension (lower case, with dot). Unknown extensions are bad files."""
+    """Dispatch on the file extension (lower case, with dot). Unknown extensions are bad files.
+
+    `resolution` is the size the frames are meant for: SVGs are rendered at SVG_OVERSAMPLE times it."""
     if extension in VECTOR_EXTENSIONS:
-        return decode_svg(data, render_size=svg_render_size, max_pixels=max_pixels)
+        return decode_svg(data, render_size=SVG_OVERSAMPLE * resolution, max_pixels=max_pixels)
     if extension in RASTER_EXTENSIONS:
         return decode_raster(data, frames_per_animation=frames_per_animation, max_pixels=max_pixels)
     shown = extension or "(none)"
@@ -455,19 +472,49 @@ def decode_frames(
 
 
 # ----------------------------------------------------------------------------------------------
-# Square RGB, encoding, statistics
+# RGB, square RGB, encoding
 # ----------------------------------------------------------------------------------------------
-def to_square_rgb(image: Image.Image, resolution: int, background: RGB = (255, 255, 255)) -> Image.Image:
-    """RGBA (any size) -> RGB `resolution`x`resolution`: composite, pad centred, Lanczos resize."""
+def to_rgb(image: Image.Image, background: RGB = WHITE) -> Image.Image:
+    """Any mode, any size -> RGB of the same size, transparent pixels composited on `background`.
+
+    Compositing blends by alpha; dropping alpha instead would show whatever colour the fully
+    transparent pixels happen to hold. An opaque image comes out with its pixels unchanged."""
     rgba = image.convert("RGBA")
     flat = Image.new("RGBA", rgba.size, (*background, 255))
     flat.alpha_composite(rgba)
-    side = max(rgba.size)
+    return flat.convert("RGB")
+
+
+def to_square_rgb(image: Image.Image, resolution: int, background: RGB = WHITE) -> Image.Image:
+    """RGBA (any size) -> RGB `resolution`x`resolution`: composite, pad centred, Lanczos resize."""
+    flat = to_rgb(image, background)
+    side = max(flat.size)
     square = Image.new("RGB", (side, side), background)
-    square.paste(flat.convert("RGB"), ((side - rgba.width) // 2, (side - rgba.height) // 2))
+    square.paste(flat, ((side - flat.width) // 2, (side - flat.height) // 2))
     if side != resolution:
         square = square.resize((resolution, resolution), Image.Resampling.LANCZOS)
     return square
+
+
+def to_square_frames(frames: list[Frame], resolution: int, background: RGB, max_pixels: int) -> list[Image.Image]:
+    """`to_square_rgb` of every frame; all padded squares are checked against `max_pixels` before
+    the first one is allocated."""
+    for frame in frames:
+        check_square_limit(frame.image.width, frame.image.height, max_pixels)
+    return [to_square_rgb(frame.image, resolution, background) for frame in frames]
+
+
+def decode_rgb(
+    data: bytes, extension: str, *, resolution: int | None, max_pixels: int, background: RGB = WHITE
+) -> np.ndarray:
+    """One image file's bytes -> uint8 (H, W, 3): the first frame of an animation, composited on
+    `background`; padded to a square and resized to `resolution` x `resolution`, or, with
+    `resolution=None`, at its own size. Raises BadImageError."""
+    frames = decode_frames(data, extension, frames_per_animation=1, max_pixels=max_pixels,
+                           resolution=resolution or DEFAULT_RESOLUTION)
+    if resolution is None:
+        return np.array(to_rgb(frames[0].image, background))
+    return np.array(to_square_frames(frames, resolution, background, max_pixels)[0])
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -477,11 +524,56 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def pixel_sha256(pixels: np.ndarray) -> str:
-    """sha256 of the raw pixel bytes, prefixed by the shape so equal bytes of other shapes differ."""
+# ----------------------------------------------------------------------------------------------
+# uint8 <-> model floats
+# ----------------------------------------------------------------------------------------------
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float32 in [-1, 1] (the model's range), any shape, e.g. (B, 3, R, R)."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """Float images in ``value_range`` (the model's [-1, 1]) -> uint8 0..255, rounded as PNG saving does.
+
+    (B, C, H, W) -> (B, C, H, W). The one conversion used for PNGs, grids and FID inputs alike."""
+    if not images.is_floating_point():
+        raise TypeError(f"to_uint8 expects a float tensor, got {images.dtype}")
+    lo, hi = value_range
+    x = (images.detach().float() - lo) / (hi - lo)
+    return (x * 255).round().clamp(0, 255).byte()
+
+
+# ----------------------------------------------------------------------------------------------
+# The pixel hash, and statistics
+# ----------------------------------------------------------------------------------------------
+def update_pixel_hash(digest: Any, pixels: np.ndarray | torch.Tensor) -> None:
+    """Feed one uint8 array or tensor (any shape) into a hashlib object: its shape as text, so equal
+    bytes of another shape differ, e.g. "(64, 64, 3)", then its raw bytes in C order.
+
+    The manifest's sha256 column, the reference statistics' content_hash and the checkpoint's run
+    fingerprint are all made of this; stored values of all three depend on it staying as it is."""
+    if hasattr(pixels, "numpy"):  # a torch tensor: its bytes on the CPU
+        pixels = pixels.detach().cpu().numpy()
     pixels = np.ascontiguousarray(pixels)
-    digest = hashlib.sha256(repr(pixels.shape).encode())
+    if pixels.dtype != np.uint8:
+        raise TypeError(f"the pixel hash is defined for uint8 pixels, got {pixels.dtype}")
+    digest.update(repr(tuple(pixels.shape)).encode())
     digest.update(pixels.tobytes())
+
+
+def pixel_sha256(pixels: np.ndarray | torch.Tensor) -> str:
+    """sha256 of one image's pixels (see `update_pixel_hash`)."""
+    digest = hashlib.sha256()
+    update_pixel_hash(digest, pixels)
+    return digest.hexdigest()
+
+
+def content_hash(images: Iterable[np.ndarray | torch.Tensor]) -> str:
+    """sha256 over several images in order (each as in `update_pixel_hash`); a (N, 3, H, W) tensor
+    counts as its N images. Independent of file names and PNG encoding."""
+    digest = hashlib.sha256()
+    for image in images:
+        update_pixel_hash(digest, image)
     return digest.hexdigest()
 
 
@@ -493,7 +585,7 @@ class PixelStats:
     sha256: str
 
 
-def pixel_stats(pixels: np.ndarray, background: RGB = (255, 255, 255)) -> PixelStats:
+def pixel_stats(pixels: np.ndarray, background: RGB = WHITE) -> PixelStats:
     """Statistics of an (H, W, C) uint8 array, as written to manifest.csv and checked by validate."""
     values = pixels.astype(np.float64)
     if pixels.ndim == 3 and pixels.shape[2] == len(background):

@@ -62,7 +62,15 @@ from pokediff.data.manifest import (
     write_manifest,
     write_quarantine,
 )
-from pokediff.data.sources import MAX_FILE_BYTES, RawSource, SourceEntry, display_name, iter_contents, open_source
+from pokediff.data.sources import (
+    MAX_FILE_BYTES,
+    RawSource,
+    SourceEntry,
+    display_name,
+    is_hidden,
+    iter_contents,
+    open_source,
+)
 from pokediff.errors import PokediffError
 from pokediff.locks import LOCK_NAME, OutDirLock
 
@@ -129,10 +137,6 @@ def _extension(name: str) -> str:
     return PurePosixPath(name).suffix.lower()
 
 
-def _is_hidden(name: str) -> bool:
-    return any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(name).parts)
-
-
 def classify(
     entries: Iterable[SourceEntry], settings: DataConfig, *, sprite_layout: bool
 ) -> tuple[list[Candidate], list[QuarantineRow], list[QuarantineRow]]:
@@ -152,7 +156,7 @@ def classify(
             ignored.append(QuarantineRow(name, entry.note or "not a regular file (link, device or folder)"))
         elif ".." in PurePosixPath(name).parts:  # only in archives; names are labels, but odd ones
             ignored.append(QuarantineRow(name, "name with a '..' part (would extract outside the folder)"))
-        elif _is_hidden(name):
+        elif is_hidden(name):
             ignored.append(QuarantineRow(name, "hidden file or folder"))
         elif sprite_layout and info is None:
             ignored.append(QuarantineRow(name, "sprite package file outside the sprite folders"))

@@ -1,6 +1,12 @@
-"""Raw sources as a list of named files: a folder (any depth), a .tar/.tar.gz/.tgz or a .zip.
+"""Where images are read from, the one place for it:
 
-Nothing outside the source is ever read:
+- raw sources for ingest, as a list of named files: a folder (any depth), a .tar/.tar.gz/.tgz or a
+  .zip (`open_source`, `iter_contents`);
+- images where they already are, for training and scoring: an ingested dataset (the files its
+  manifest.csv lists, in its order) or any folder of images (`dataset_files`), each read into
+  uint8 pixels (`read_image`; the conversion itself is `pokediff.data.images.decode_rgb`).
+
+Nothing outside a raw source is ever read:
 
 - archives are read in place, never extracted: nothing is written outside the output folder, and
   member names such as `../../x` or absolute paths are only ever labels (manifest/quarantine text);
@@ -20,6 +26,10 @@ Names are shown as text: bytes that are not UTF-8 (a non-UTF-8 file system or ta
 `\\xNN` escapes, so the manifest stays valid UTF-8; reading uses the real name (`SourceEntry.key`).
 Two archive members with the same (normalised) name are not silently merged: every one but the
 last is quarantined as shadowed, as an extracting tool would keep only the last.
+
+Datasets and folders for training and scoring are the user's own: their links are followed (DVC may
+check a dataset out as links into its cache), files larger than MAX_FILE_BYTES are refused and every
+decode has the FOLDER_MAX_PIXELS limit.
 """
 
 from __future__ import annotations
@@ -35,10 +45,14 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, BinaryIO, Self
 
+import numpy as np
+
+from pokediff.data.images import IMAGE_EXTENSIONS, RGB, WHITE, decode_rgb
+from pokediff.data.manifest import MANIFEST_NAME, read_manifest
 from pokediff.errors import PokediffError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
@@ -51,6 +65,9 @@ MIN_TOTAL_BYTES = 1024**3
 MAX_EXPANSION = 100
 MAX_ENTRIES = 200_000  # the sprite tarball has 4,237
 _CHUNK = 1024 * 1024  # bytes per read() call: bounds what one inflate call may produce
+# Pixel limit when reading datasets and folders for training and scoring: generous, but keeps a
+# stray 100-megapixel photo from stalling a training start.
+FOLDER_MAX_PIXELS = 40_000_000
 
 
 class SourceError(PokediffError, ValueError):
@@ -59,6 +76,11 @@ class SourceError(PokediffError, ValueError):
 
 class TooLargeError(OSError):
     """One file is larger than MAX_FILE_BYTES once read (an OSError: the file is quarantined)."""
+
+
+def is_hidden(name: str) -> bool:
+    """A posix path (relative to its source) with a hidden part: a dot file or folder, or __MACOSX."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(name).parts)
 
 
 def display_name(raw: str) -> str:
@@ -326,3 +348,41 @@ def iter_contents(source: RawSource, entries: list[SourceEntry]) -> Iterator[tup
             yield entry, exc
         except _READ_ERRORS as exc:
             yield entry, OSError(f"{type(exc).__name__}: {exc}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets and image folders, for training and scoring
+# ----------------------------------------------------------------------------------------------
+def list_image_files(folder: Path) -> list[Path]:
+    """Image files under `folder`, any depth, hidden files and folders skipped, sorted by path."""
+    found = []
+    for path in folder.rglob("*"):  # does not descend into linked folders
+        relative = path.relative_to(folder).as_posix()
+        if not is_hidden(relative) and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def dataset_files(root: Path) -> tuple[list[Path], Path | None]:
+    """(image files, manifest) of a folder: the files its manifest.csv lists, in manifest order, or,
+    without a manifest, `list_image_files(root)` and None. Listed files are not checked to exist."""
+    manifest = root / MANIFEST_NAME
+    if manifest.is_file():
+        return [root / relative for relative in read_manifest(manifest)["path"]], manifest
+    return list_image_files(root), None
+
+
+def read_image(path: Path, resolution: int | None = None, background: RGB = WHITE) -> np.ndarray:
+    """One image file -> uint8 (H, W, 3), see `decode_rgb` (square `resolution`^2, or its own size).
+
+    Raises BadImageError (a ValueError) for a file that is not a usable image, OSError when it cannot
+    be read, TooLargeError (an OSError) beyond MAX_FILE_BYTES."""
+    with open(path, "rb") as handle:
+        declared = os.fstat(handle.fileno()).st_size
+        data = handle.read(min(declared, MAX_FILE_BYTES) + 1)  # read(n) allocates n bytes: the file's size
+        if len(data) > declared:  # grew since fstat, or a special file: read on, up to the cap
+            data += handle.read(MAX_FILE_BYTES + 1 - len(data))
+    if len(data) > MAX_FILE_BYTES:
+        raise TooLargeError(f"{path}: more than {MAX_FILE_BYTES:,} bytes (the limit); not read further")
+    return decode_rgb(data, path.suffix.lower(), resolution=resolution, max_pixels=FOLDER_MAX_PIXELS,
+                      background=background)

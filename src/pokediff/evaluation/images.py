@@ -1,23 +1,24 @@
-"""Image folders -> uint8 tensors (3, H, W), a deterministic subset, and a content hash.
+"""Image folders -> uint8 tensors (3, H, W) for scoring, a deterministic subset, and a content hash.
 
-A folder is read through its ``manifest.csv`` (the ingest stage's output: a ``path`` column of paths
-relative to the folder) when it has one, else as every PNG/JPEG below it, sorted by relative path so
-that the order, the subset and the hash do not depend on the file system.
+Reading and converting are `pokediff.data`'s, the same code training uses: a folder is read through
+its ``manifest.csv`` (the ingest stage's output: a ``path`` column of paths relative to the folder)
+when it has one, else as every image file below it (png/jpg/webp/gif/svg, hidden ones skipped),
+sorted by relative path so that the order, the subset and the hash do not depend on the file
+system. Unlike training, images keep their own size (Inception resizes them) and an unreadable file
+is an error, not a warning: a score must not silently leave images out.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-MANIFEST = "manifest.csv"
+from pokediff.data.images import IMAGE_EXTENSIONS, RGB, WHITE, BadImageError
+from pokediff.data.images import content_hash as content_hash  # re-exported: the one pixel hash
+from pokediff.data.manifest import MANIFEST_NAME
+from pokediff.data.sources import dataset_files, read_image
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -25,39 +26,23 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a directory of images")
-    manifest = folder / MANIFEST
-    if manifest.is_file():
-        with manifest.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None or "path" not in reader.fieldnames:
-                raise ValueError(f"{manifest}: needs a 'path' column, has {reader.fieldnames}")
-            paths = [folder / row["path"] for row in reader]
-        missing = [p for p in paths if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{manifest}: {len(missing)} listed files are missing, e.g. {missing[0]}")
-    else:
-        paths = sorted(
-            (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-            key=lambda p: p.relative_to(folder).as_posix(),
-        )
+    paths, manifest = dataset_files(folder)
+    missing = [p for p in paths if not p.is_file()] if manifest is not None else []
+    if missing:
+        raise FileNotFoundError(f"{manifest}: {len(missing)} listed files are missing, e.g. {missing[0]}")
     if not paths:
-        raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) and no {MANIFEST}")
+        raise FileNotFoundError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) and no {MANIFEST_NAME}")
     return paths
 
 
-def load_image(path: str | Path, background: tuple[int, int, int] = (255, 255, 255)) -> torch.Tensor:
-    """One image file -> uint8 tensor (3, H, W). Transparency is composited onto ``background``."""
+def load_image(path: str | Path, background: RGB = WHITE) -> torch.Tensor:
+    """One image file -> uint8 tensor (3, H, W) at its own size (first frame of an animation).
+    Transparency is composited onto ``background``."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                canvas = Image.new("RGBA", rgba.size, (*background, 255))
-                img = Image.alpha_composite(canvas, rgba)
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-    except (UnidentifiedImageError, OSError) as exc:
+        rgb = read_image(Path(path), background=background)  # (H, W, 3)
+    except (BadImageError, OSError) as exc:
         raise ValueError(f"{path}: cannot read image ({exc})") from None
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
 def subset_indices(n: int, max_images: int, seed: int = 0, how: str = "random") -> np.ndarray:
@@ -93,16 +78,3 @@ def _relative(path: Path, folder: Path) -> str:
         return path.relative_to(folder).as_posix()
     except ValueError:
         return path.as_posix()
-
-
-def content_hash(images: torch.Tensor | Sequence[torch.Tensor]) -> str:
-    """SHA-256 over the decoded pixels (shape + bytes of each image, in order).
-
-    Independent of file names and PNG encoding: same pixels in the same order, same hash.
-    """
-    h = hashlib.sha256()
-    for img in images:
-        img = img.detach().to("cpu", torch.uint8).contiguous()
-        h.update(repr(tuple(img.shape)).encode())
-        h.update(img.numpy().tobytes())
-    return h.hexdigest()

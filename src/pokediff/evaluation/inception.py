@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pokediff.data.images import to_uint8  # noqa: F401  (re-exported: the one float -> uint8 conversion)
 from pokediff.devices import resolve_device
-from pokediff.imaging import to_uint8  # noqa: F401  (re-exported: the one float -> uint8 conversion)
 
 ResizeMode = Literal["tf1", "antialias"]
 RESIZE_MODES: tuple[str, ...] = ("tf1", "antialias")

@@ -140,9 +140,10 @@ def run_fingerprint(images: torch.Tensor, model_cfg: ModelConfig, diffusion_cfg:
         "diffusion": diffusion_cfg.model_dump(mode="json"),
         "train": train_cfg.weight_settings(),
     }
+    from pokediff.data.images import update_pixel_hash  # local: keeps checkpoint reading free of the data package
+
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    h.update(str(tuple(images.shape)).encode())
-    h.update(images.contiguous().numpy().tobytes())
+    update_pixel_hash(h, images)  # (N, 3, R, R) uint8: shape, then bytes (values of existing runs unchanged)
     return h.hexdigest()
 
 

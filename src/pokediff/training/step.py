@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pokediff.config import DiffusionConfig, TrainConfig
+from pokediff.data.images import from_uint8
 from pokediff.diffusion import NoiseSchedule, diffusion_loss, min_snr_weight, q_sample, training_target
 from pokediff.training import distributed as ddp
 from pokediff.training.ema import EMA
@@ -41,7 +42,7 @@ def draw_batch(images: torch.Tensor, generator: torch.Generator, batch_size: int
     t = torch.randint(timesteps, (B,), generator=generator, device=device)
     noise = torch.randn((B, *images.shape[1:]), generator=generator, device=device)
     idx, flip, t, noise = (ddp.shard(v, info) for v in (idx, flip, t, noise))
-    x0 = images[idx].float().div_(127.5).sub_(1.0)  # uint8 -> [-1, 1]
+    x0 = from_uint8(images[idx])  # (b, C, R, R) uint8 -> [-1, 1]
     if hflip:
         x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
     return Batch(x0, t, noise)
