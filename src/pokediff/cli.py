@@ -54,6 +54,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_inception_arguments(parser: argparse.ArgumentParser) -> None:
+    """--batch-size, --device and --quiet of the two Inception stages (ref-stats, score)."""
+    parser.add_argument("--batch-size", type=int, help="Inception batch size (score.batch_size)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (score.device)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad option is one line (``pokediff train: argument --steps: ...``), exit 2."""
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from pokediff.cli import add_common_arguments
+from pokediff.cli import add_common_arguments, add_inception_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,10 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="dataset folder or any image folder (default: data.out_dir)")
     parser.add_argument("--out", help="stats file to write (default: score.ref_stats)")
     parser.add_argument("--max-images", type=int, help="random subset size, 0 = all (score.ref_max_images)")
-    parser.add_argument("--batch-size", type=int, help="Inception batch size (score.batch_size)")
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (score.device)")
     parser.add_argument("--force", action="store_true", help="recompute even if --out is up to date")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_inception_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from pokediff.cli import add_common_arguments
+from pokediff.cli import add_common_arguments, add_inception_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ref", help="reference stats from `pokediff ref-stats` (default: score.ref_stats)")
     parser.add_argument("--out", help="metrics JSON (default: <score.out_dir>/metrics.json)")
     parser.add_argument("--num-samples", type=int, help="score at most this many images (score.num_samples)")
-    parser.add_argument("--batch-size", type=int, help="Inception batch size (score.batch_size)")
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (score.device)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_inception_arguments(parser)
     parser.add_argument("--no-track", action="store_true",
                         help="do not log this evaluation to the pipeline's MLflow run")
 
