@@ -124,6 +124,29 @@ class Prepared:
     info: dict
 
 
+def diffusers_example_unet(resolution: int) -> torch.nn.Module:
+    """diffusers' examples/unconditional_image_generation UNet2DModel (its 64x64 config), on the CPU."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=resolution, in_channels=3, out_channels=3, layers_per_block=2,
+        block_out_channels=(128, 128, 256, 256, 512, 512),
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D",
+                          "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+    )
+
+
+@dataclass
+class WorkloadOptions:
+    """What every implementation's workload is built for; each benchmark adds its own fields."""
+
+    device: torch.device
+    batch_size: int
+    resolution: int
+    precision: str  # "bf16" | "fp32"
+
+
 @dataclass
 class Measured:
     info: dict

@@ -34,6 +34,7 @@ from torch import nn
 
 from benchmarks._common import (
     Prepared,
+    WorkloadOptions,
     add_common_arguments,
     autocast,
     benchmark_main,
@@ -41,6 +42,7 @@ from benchmarks._common import (
     count_flops,
     count_parameters,
     describe_environment,
+    diffusers_example_unet,
     environment,
     finish_arguments,
     fmt,
@@ -68,11 +70,7 @@ class Sampling:
 
 
 @dataclass
-class Options:
-    device: torch.device
-    batch_size: int
-    resolution: int
-    precision: str
+class Options(WorkloadOptions):
     steps: int
 
 
@@ -199,15 +197,9 @@ def ddpm_pytorch(opts: Options) -> Sampling:
 def diffusers_ddim(opts: Options) -> Sampling:
     """DDIMPipeline on the unconditional example's UNet2DModel with a DDIMScheduler of the example's
     training schedule (1000 linear betas), eta 0, returning tensors on the device (output_type="pt")."""
-    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+    from diffusers import DDIMPipeline, DDIMScheduler
 
-    unet = UNet2DModel(
-        sample_size=opts.resolution, in_channels=3, out_channels=3, layers_per_block=2,
-        block_out_channels=(128, 128, 256, 256, 512, 512),
-        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D",
-                          "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
-    ).to(opts.device).eval()
+    unet = diffusers_example_unet(opts.resolution).to(opts.device).eval()
     pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear"))
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)

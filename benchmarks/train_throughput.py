@@ -35,6 +35,7 @@ from torch import nn
 
 from benchmarks._common import (
     Prepared,
+    WorkloadOptions,
     add_common_arguments,
     autocast,
     benchmark_main,
@@ -42,6 +43,7 @@ from benchmarks._common import (
     count_flops,
     count_parameters,
     describe_environment,
+    diffusers_example_unet,
     environment,
     finish_arguments,
     fmt,
@@ -67,11 +69,7 @@ class Workload:
 
 
 @dataclass
-class Options:
-    device: torch.device
-    batch_size: int
-    resolution: int
-    precision: str  # "bf16" | "fp32"
+class Options(WorkloadOptions):
     channels_last: bool
 
 
@@ -183,13 +181,7 @@ def diffusers_unconditional(opts: Options) -> Workload:
     from diffusers.training_utils import EMAModel
 
     device, B, R = opts.device, opts.batch_size, opts.resolution
-    model = UNet2DModel(
-        sample_size=R, in_channels=3, out_channels=3, layers_per_block=2,
-        block_out_channels=(128, 128, 256, 256, 512, 512),
-        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D",
-                          "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
-    )
+    model = diffusers_example_unet(R)
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
     lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=500, num_training_steps=100_000)
