@@ -315,11 +315,10 @@ def cli_overrides(prog: str, params_file: str | None, overrides: list[str]) -> l
         return None
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def _markdown_text(text: str) -> str:
     """Plain text for a markdown cell: file names such as __init__.py must not turn bold."""
     return "".join(f"\\{c}" if c in "\\`*_[]<>#" else c for c in text)
 
+
+if __name__ == "__main__":
+    raise SystemExit(main())
