@@ -13,8 +13,8 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 
 # The small configuration of the main job (an overlay on params.yaml): a tiny U-Net and a few hundred
-# steps/samples, so an idle 2-core CPU finishes the whole pipeline in about 8.5 minutes (README's set-up
-# table: 8 min 29 s idle, 31 min 37 s beside a test run). On a GPU, `dvc repro` runs params.yaml as is.
+# steps/samples, so an idle 2-core CPU finishes the whole pipeline in about 14 minutes (README's set-up
+# table: 13 min 50 s with nothing else running, 31 min 37 s beside a test run). On a GPU, `dvc repro` runs params.yaml as is.
 SMALL_CONFIG := configs/cpu-small.yaml
 
 .PHONY: install test pipeline sweep lint clean-outputs
