@@ -172,6 +172,12 @@ def rate_cells(row: dict) -> list[str]:
             f"{fmt(row['images_per_s_slowest'], '.4g')}-{fmt(row['images_per_s_fastest'], '.4g')}"]
 
 
+def report_table(headers: Sequence[str], rows: Sequence[dict], cells: Callable[[dict], list[str]]) -> str:
+    """The markdown table of a report: ``cells(row)`` for each measured row, dashes for a failed one."""
+    return markdown_table(headers, [[r["model"]] + ["-"] * (len(headers) - 1) if "error" in r else cells(r)
+                                    for r in rows])
+
+
 def mfu_cell(row: dict) -> str:
     return fmt(row["mfu"] * 100, ".1f") + "%" if row["mfu"] is not None else "-"
 

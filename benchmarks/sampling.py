@@ -46,11 +46,11 @@ from benchmarks._common import (
     environment,
     finish_arguments,
     fmt,
-    markdown_table,
     measure_models,
     mfu,
     mfu_cell,
     rate_cells,
+    report_table,
     seed_everything,
     timed_row,
 )
@@ -301,23 +301,18 @@ HEADERS = ("model", "sampler", "steps", "GFLOP/img/eval", "images/s", "slowest-f
 
 def format_report(result: dict) -> str:
     s = result["settings"]
-    table_rows = []
-    for r in result["rows"]:
-        if "error" in r:
-            table_rows.append([r["model"]] + ["-"] * (len(HEADERS) - 1))
-            continue
-        table_rows.append([
-            r["model"], r["sampler"], str(r["steps"]), fmt(r["gflop_per_image_eval"], ".2f"), *rate_cells(r),
-            fmt(r["ms_per_eval"], ".1f"), fmt(r.get("ours_ddim_over_this"), ".3f"),
-            fmt(r.get("ours_dpmpp2m_over_this"), ".3f"), mfu_cell(r), fmt(r["peak_memory_gib"], ".2f"),
-        ])
+    cells = lambda r: [  # noqa: E731
+        r["model"], r["sampler"], str(r["steps"]), fmt(r["gflop_per_image_eval"], ".2f"), *rate_cells(r),
+        fmt(r["ms_per_eval"], ".1f"), fmt(r.get("ours_ddim_over_this"), ".3f"),
+        fmt(r.get("ours_dpmpp2m_over_this"), ".3f"), mfu_cell(r), fmt(r["peak_memory_gib"], ".2f"),
+    ]
     lines = [
         f"sampling: {describe_environment(result['environment'])}",
         f"batch {s['batch_size']} x {s['resolution']}x{s['resolution']}, {s['precision']}, compile={s['compile']}, "
         f"cuda_graphs={s['cuda_graphs']}, median of {s['windows']} {'interleaved ' if s['interleave'] else ''}"
         f"sampling calls (after {s['warmup']} warm-up), MFU vs {fmt(s['peak_tflops'], 'g')} TFLOP/s",
         "",
-        markdown_table(HEADERS, table_rows),
+        report_table(HEADERS, result["rows"], cells),
     ]
     errors = [f"  {r['model']}: {r['error']}" for r in result["rows"] if "error" in r]
     return "\n".join(lines + ([""] + errors if errors else []))

@@ -47,11 +47,11 @@ from benchmarks._common import (
     environment,
     finish_arguments,
     fmt,
-    markdown_table,
     measure_models,
     mfu,
     mfu_cell,
     rate_cells,
+    report_table,
     seed_everything,
     timed_row,
 )
@@ -280,16 +280,11 @@ HEADERS = ("model", "params (M)", "GFLOP/img fwd+bwd", "images/s", "slowest-fast
 
 def format_report(result: dict) -> str:
     s = result["settings"]
-    table_rows = []
-    for r in result["rows"]:
-        if "error" in r:
-            table_rows.append([r["model"]] + ["-"] * (len(HEADERS) - 1))
-            continue
-        table_rows.append([
-            r["model"], fmt(r["params"] / 1e6, ".1f"), fmt(r["gflop_per_image"], ".2f"), *rate_cells(r),
-            fmt(r["ms_per_step"], ".1f"), fmt(r.get("ours_over_this"), ".3f"), mfu_cell(r),
-            fmt(r["peak_memory_gib"], ".2f"),
-        ])
+    cells = lambda r: [  # noqa: E731
+        r["model"], fmt(r["params"] / 1e6, ".1f"), fmt(r["gflop_per_image"], ".2f"), *rate_cells(r),
+        fmt(r["ms_per_step"], ".1f"), fmt(r.get("ours_over_this"), ".3f"), mfu_cell(r),
+        fmt(r["peak_memory_gib"], ".2f"),
+    ]
     lines = [
         f"train throughput: {describe_environment(result['environment'])}",
         f"batch {s['batch_size']} x {s['resolution']}x{s['resolution']}, {s['precision']}, "
@@ -298,7 +293,7 @@ def format_report(result: dict) -> str:
         f"(after {s['warmup']} warm-up), MFU vs "
         f"{fmt(s['peak_tflops'], 'g')} TFLOP/s",
         "",
-        markdown_table(HEADERS, table_rows),
+        report_table(HEADERS, result["rows"], cells),
         "",
     ]
     for r in result["rows"]:
