@@ -16,7 +16,7 @@ from pokediff.models import count_parameters as count_allocated
 from pokediff.training.memory import (
     InsufficientMemoryError,
     check_training_fits,
-    count_parameters,
+    count_config_parameters,
     estimate_training_memory,
     forward_bytes_per_sample,
     traced_forward_bytes_per_sample,
@@ -37,12 +37,12 @@ CONFIGS = {
 
 @pytest.mark.parametrize("name", ["cpu-small", "tiny", "mid"])
 def test_parameters_are_counted_without_allocating(name):
-    assert count_parameters(CONFIGS[name]) == count_allocated(UNet(CONFIGS[name]))
+    assert count_config_parameters(CONFIGS[name]) == count_allocated(UNet(CONFIGS[name]))
 
 
 def test_default_recipe_is_counted_in_well_under_a_second():
     t0 = time.perf_counter()
-    assert count_parameters(ModelConfig()) == 64_648_003  # the README's 64.6 M
+    assert count_config_parameters(ModelConfig()) == 64_648_003  # the README's 64.6 M
     forward_bytes_per_sample(ModelConfig())
     assert time.perf_counter() - t0 < 1.0
 

@@ -78,13 +78,13 @@ def run(args: argparse.Namespace) -> int:
 def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
     from pokediff.data import load_training_images
     from pokediff.training import read_sidecar, run_fingerprint, train
-    from pokediff.training.memory import count_parameters
+    from pokediff.training.memory import count_config_parameters
     from pokediff.training.periodic_eval import EVAL_GRID, EvalLog, in_training_evaluator
 
     data_dir = Path(args.data or params.data.out_dir)
     images = load_training_images(data_dir, params.model.resolution)
     out_dir = Path(params.train.out_dir)
-    n_params = count_parameters(params.model)  # from the config, nothing allocated
+    n_params = count_config_parameters(params.model)  # from the config, nothing allocated
     if rank == 0:
         print(f"pokediff train: {images.shape[0]} images from {data_dir}, U-Net {n_params / 1e6:.2f} M params, "
               f"{params.train.steps} steps x batch {params.train.batch_size}")

@@ -75,7 +75,7 @@ def _meta_unet(model_cfg: ModelConfig) -> torch.nn.Module:
         return UNet(model_cfg)
 
 
-def count_parameters(model_cfg: ModelConfig) -> int:
+def count_config_parameters(model_cfg: ModelConfig) -> int:
     """Parameters of ``UNet(model_cfg)``, counted without allocating them."""
     return sum(p.numel() for p in _meta_unet(model_cfg).parameters())
 
@@ -187,7 +187,7 @@ def estimate_training_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, dev
     kind = torch.device(device).type
     kind = kind if kind in ACTIVATION_FACTOR else "cpu"
     batch = max(1, train_cfg.batch_size // max(1, world_size))
-    parameters = count_parameters(model_cfg)
+    parameters = count_config_parameters(model_cfg)
     activations = ACTIVATION_FACTOR[kind] * forward_bytes_per_sample(model_cfg) * batch
     return MemoryEstimate(
         device=kind, parameters=parameters, batch_per_process=batch,
