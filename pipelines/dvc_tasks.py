@@ -112,8 +112,9 @@ def stage_changes(stage: str) -> list:
     return answer.get(stage, []) if isinstance(answer, dict) else []
 
 
-def describe_changes(changes: list) -> str:
-    """DVC's status entries -> one short line, e.g. "params sample.sampler; deps src/pokediff/sampling.py"."""
+def describe_changes(changes: list, max_names: int = 8) -> str:
+    """DVC's status entries -> one short line, e.g. "params sample.sampler; deps src/pokediff/sampling.py"
+    (at most ``max_names`` names per kind, then how many more)."""
     parts = []
     for change in changes:
         if isinstance(change, str):  # "always changed", "changed checksum"
@@ -126,7 +127,8 @@ def describe_changes(changes: list) -> str:
                     names += [f"{key} ({state})" for key, state in what.items()]
                 else:
                     names.append(f"{path} ({what})")
-            parts.append(f"{kind}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
+            more = f" and {len(names) - max_names} more" if len(names) > max_names else ""
+            parts.append(f"{kind}: {', '.join(names[:max_names])}{more}")
     return "; ".join(parts) or "changed"
 
 

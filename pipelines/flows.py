@@ -105,7 +105,9 @@ def _stage_body(stage: str, extra_env: dict[str, str]):
     why = dvc_tasks.describe_changes(changes)
     logger.info("%s: running, because %s", stage, why)
     dvc_tasks.run_streaming(dvc_tasks.dvc("repro", "--single-item", stage), logger, extra_env)
-    return Completed(message=f"ran: {why}"[:500], data={"stage": stage, "ran": True, "why": why})
+    # The artifact's table names a few changes per kind (the task's state and log keep the longer list).
+    brief = dvc_tasks.describe_changes(changes, max_names=3)
+    return Completed(message=f"ran: {why}"[:500], data={"stage": stage, "ran": True, "why": brief})
 
 
 def stage_task(stage: str):

@@ -54,3 +54,18 @@ def test_sweep_grid_parsing():
     for bad in (["heun:5"], ["ddim"], ["ddim:0"], ["ddim:x"], []):
         msg = parse_grid(bad)
         assert isinstance(msg, str) and msg.startswith("invalid flow parameter: grid")
+
+
+def test_dvc_status_becomes_one_short_line_naming_a_few_changes_per_kind():
+    from pipelines.dvc_tasks import describe_changes
+
+    # The shape of `dvc status --json <stage>`'s list for one stage.
+    changes = [{"changed deps": {f"src/pokediff/m{i}.py": "modified" for i in range(5)}},
+               {"changed outs": {"outputs/train/model.safetensors": "deleted"}},
+               {"changed deps": {"params.yaml": {"sample.sampler": "modified"}}},
+               "always changed"]
+    assert describe_changes(changes, max_names=3) == (
+        "changed deps: src/pokediff/m0.py (modified), src/pokediff/m1.py (modified), src/pokediff/m2.py (modified)"
+        " and 2 more; changed outs: outputs/train/model.safetensors (deleted); changed deps: sample.sampler "
+        "(modified); always changed")
+    assert "and" not in describe_changes(changes[:1]) and describe_changes([]) == "changed"
