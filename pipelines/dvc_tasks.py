@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pokediff.locks import pid_alive
+
 PARAMS_FILE = Path("params.yaml")
 LOCK_FILE = Path("dvc.lock")
 # Copies of the files a run will put back, kept while it runs: a run killed before its `finally`
@@ -155,16 +157,6 @@ def _staged(paths: tuple[Path, ...]) -> set[str] | None:
     return set(out.stdout.split()) if out.returncode == 0 else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def recover_interrupted_runs(warn=None) -> list[Path]:
     """Put back the files that a killed run (its pid is gone) had promised to restore. What such a run
     left in their place is kept beside its journal (nothing is lost); ``warn`` gets one line per file."""
@@ -177,7 +169,7 @@ def recover_interrupted_runs(warn=None) -> list[Path]:
             pid = int(entry.name.removeprefix("run-"))
         except ValueError:
             continue  # not ours: leave it
-        if _pid_alive(pid):
+        if pid_alive(pid):
             continue
         try:
             files = list(json.loads((entry / "manifest.json").read_text()[:MAX_JSON_BYTES])["files"])

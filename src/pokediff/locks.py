@@ -27,7 +27,8 @@ class LockedError(PokediffError):
     """Another live process is writing into the same output folder."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (signal 0 checks without sending)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -60,7 +61,7 @@ class OutDirLock:
                 return True
         if owner.get("host") != socket.gethostname():
             return False  # cannot check a process on another machine
-        return not _pid_alive(pid)
+        return not pid_alive(pid)
 
     def acquire(self) -> OutDirLock:
         self.out_dir.mkdir(parents=True, exist_ok=True)
