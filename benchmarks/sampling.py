@@ -301,11 +301,14 @@ HEADERS = ("model", "sampler", "steps", "GFLOP/img/eval", "images/s", "slowest-f
 
 def format_report(result: dict) -> str:
     s = result["settings"]
-    cells = lambda r: [  # noqa: E731
-        r["model"], r["sampler"], str(r["steps"]), fmt(r["gflop_per_image_eval"], ".2f"), *rate_cells(r),
-        fmt(r["ms_per_eval"], ".1f"), fmt(r.get("ours_ddim_over_this"), ".3f"),
-        fmt(r.get("ours_dpmpp2m_over_this"), ".3f"), mfu_cell(r), fmt(r["peak_memory_gib"], ".2f"),
-    ]
+
+    def cells(r: dict) -> list[str]:
+        return [
+            r["model"], r["sampler"], str(r["steps"]), fmt(r["gflop_per_image_eval"], ".2f"), *rate_cells(r),
+            fmt(r["ms_per_eval"], ".1f"), fmt(r.get("ours_ddim_over_this"), ".3f"),
+            fmt(r.get("ours_dpmpp2m_over_this"), ".3f"), mfu_cell(r), fmt(r["peak_memory_gib"], ".2f"),
+        ]
+
     lines = [
         f"sampling: {describe_environment(result['environment'])}",
         f"batch {s['batch_size']} x {s['resolution']}x{s['resolution']}, {s['precision']}, compile={s['compile']}, "

@@ -280,11 +280,14 @@ HEADERS = ("model", "params (M)", "GFLOP/img fwd+bwd", "images/s", "slowest-fast
 
 def format_report(result: dict) -> str:
     s = result["settings"]
-    cells = lambda r: [  # noqa: E731
-        r["model"], fmt(r["params"] / 1e6, ".1f"), fmt(r["gflop_per_image"], ".2f"), *rate_cells(r),
-        fmt(r["ms_per_step"], ".1f"), fmt(r.get("ours_over_this"), ".3f"), mfu_cell(r),
-        fmt(r["peak_memory_gib"], ".2f"),
-    ]
+
+    def cells(r: dict) -> list[str]:
+        return [
+            r["model"], fmt(r["params"] / 1e6, ".1f"), fmt(r["gflop_per_image"], ".2f"), *rate_cells(r),
+            fmt(r["ms_per_step"], ".1f"), fmt(r.get("ours_over_this"), ".3f"), mfu_cell(r),
+            fmt(r["peak_memory_gib"], ".2f"),
+        ]
+
     lines = [
         f"train throughput: {describe_environment(result['environment'])}",
         f"batch {s['batch_size']} x {s['resolution']}x{s['resolution']}, {s['precision']}, "
