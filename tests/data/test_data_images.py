@@ -12,13 +12,13 @@ from pokediff.data.images import (
     BadImageError,
     decode_raster,
     decode_svg,
-    encode_png,
     pixel_stats,
     spread_frame_indices,
     svg_declared_size,
     to_square_rgb,
 )
 from pokediff.data.sprites import ANIMATED_DIR, DREAMWORLD_DIR
+from pokediff.pixels import encode_png
 
 
 @pytest.mark.parametrize(

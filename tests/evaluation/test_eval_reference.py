@@ -12,7 +12,6 @@ from PIL import Image
 from pokediff.evaluation import (
     FIDEvaluator,
     compute_reference_stats,
-    content_hash,
     list_images,
     load_image,
     load_image_folder,
@@ -22,6 +21,7 @@ from pokediff.evaluation import reference as reference_module
 from pokediff.evaluation.frechet import gaussian_stats
 from pokediff.evaluation.images import subset_indices
 from pokediff.evaluation.memorisation import train_nn_distances
+from pokediff.pixels import content_hash
 
 
 def save_folder(images: torch.Tensor, folder, names=None) -> list[str]:

@@ -48,7 +48,7 @@ def test_the_issue_s_missing_deps_are_declared():
     assert src / "data" / "decoding.py" in files["ingest"]
     for path in ("config.py", "sampling.py", "evaluation/frechet.py"):
         assert src / path in files["train"], path
-    for path in ("models/unet.py", "imaging.py"):
+    for path in ("models/unet.py", "pixels.py"):
         assert src / path in files["sample"], path
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pokediff.data.images import DEFAULT_RESOLUTION, BadImageError, from_uint8
+from pokediff.data.images import DEFAULT_RESOLUTION, BadImageError
 from pokediff.data.sources import dataset_files, read_image
 from pokediff.errors import PokediffError
+from pokediff.pixels import from_uint8
 
 _WARN_LIST_LIMIT = 20
 

@@ -25,11 +25,11 @@ from pokediff.config import DataConfig
 from pokediff.data.images import (
     BadImageError,
     decode_frames,
-    encode_png,
     pixel_stats,
     to_square_frames,
 )
 from pokediff.errors import PokediffError
+from pokediff.pixels import encode_png
 
 # Files per task sent to a worker process, and tasks in flight per worker (bounds memory: the
 # source is streamed, not loaded whole).

@@ -36,25 +36,20 @@ before resvg (which would load local files named by `<image href>`) sees it.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import os
 import re
 import struct
 import urllib.parse
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 from xml.parsers import expat
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from pokediff.errors import PokediffError, shorten
-
-if TYPE_CHECKING:
-    import torch
+from pokediff.pixels import pixel_sha256
 
 RASTER_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
 VECTOR_EXTENSIONS = frozenset({".svg"})
@@ -67,10 +62,6 @@ ALLOWED_PIL_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 # A pixel counts as background when no channel differs from the background colour by more than
 # this (0..255 scale). Lanczos leaves faint ringing next to edges; 8 keeps that out of the content.
 BACKGROUND_TOLERANCE = 8
-
-# Fixed PNG settings: no metadata chunks, same zlib level every time, so equal pixels always give
-# equal bytes (the deterministic-output guarantee of ingest and of the sample PNGs rests on this).
-PNG_COMPRESS_LEVEL = 6
 
 # SVGs are rendered at this multiple of the target resolution, then Lanczos-downsampled like the
 # rasters: the same filter for every image, and resvg's anti-aliasing is not the last word.
@@ -517,66 +508,9 @@ def decode_rgb(
     return np.array(to_square_frames(frames, resolution, background, max_pixels)[0])
 
 
-def encode_png(image: Image.Image) -> bytes:
-    """PNG bytes with fixed settings and no metadata (byte-identical for identical pixels)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
-
-
 # ----------------------------------------------------------------------------------------------
-# uint8 <-> model floats
+# Statistics
 # ----------------------------------------------------------------------------------------------
-def from_uint8(images: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 -> float32 in [-1, 1] (the model's range), any shape, e.g. (B, 3, R, R)."""
-    return images.float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
-    """Float images in ``value_range`` (the model's [-1, 1]) -> uint8 0..255, rounded as PNG saving does.
-
-    (B, C, H, W) -> (B, C, H, W). The one conversion used for PNGs, grids and FID inputs alike."""
-    if not images.is_floating_point():
-        raise TypeError(f"to_uint8 expects a float tensor, got {images.dtype}")
-    lo, hi = value_range
-    x = (images.detach().float() - lo) / (hi - lo)
-    return (x * 255).round().clamp(0, 255).byte()
-
-
-# ----------------------------------------------------------------------------------------------
-# The pixel hash, and statistics
-# ----------------------------------------------------------------------------------------------
-def update_pixel_hash(digest: Any, pixels: np.ndarray | torch.Tensor) -> None:
-    """Feed one uint8 array or tensor (any shape) into a hashlib object: its shape as text, so equal
-    bytes of another shape differ, e.g. "(64, 64, 3)", then its raw bytes in C order.
-
-    The manifest's sha256 column, the reference statistics' content_hash and the checkpoint's run
-    fingerprint are all made of this; stored values of all three depend on it staying as it is."""
-    if hasattr(pixels, "numpy"):  # a torch tensor: its bytes on the CPU
-        pixels = pixels.detach().cpu().numpy()
-    pixels = np.ascontiguousarray(pixels)
-    if pixels.dtype != np.uint8:
-        raise TypeError(f"the pixel hash is defined for uint8 pixels, got {pixels.dtype}")
-    digest.update(repr(tuple(pixels.shape)).encode())
-    digest.update(pixels.tobytes())
-
-
-def pixel_sha256(pixels: np.ndarray | torch.Tensor) -> str:
-    """sha256 of one image's pixels (see `update_pixel_hash`)."""
-    digest = hashlib.sha256()
-    update_pixel_hash(digest, pixels)
-    return digest.hexdigest()
-
-
-def content_hash(images: Iterable[np.ndarray | torch.Tensor]) -> str:
-    """sha256 over several images in order (each as in `update_pixel_hash`); a (N, 3, H, W) tensor
-    counts as its N images. Independent of file names and PNG encoding."""
-    digest = hashlib.sha256()
-    for image in images:
-        update_pixel_hash(digest, image)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class PixelStats:
     mean: float  # over all pixels and channels, 0..255

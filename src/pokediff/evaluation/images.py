@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from pokediff.data.images import IMAGE_EXTENSIONS, RGB, WHITE, BadImageError
-from pokediff.data.images import content_hash as content_hash  # re-exported: the one pixel hash
 from pokediff.data.manifest import MANIFEST_NAME
 from pokediff.data.sources import dataset_files, read_image
 

@@ -8,7 +8,7 @@ it twice:
     features  (N, 2048)      float32  the features themselves (KID, memorisation)
     train_nn  (N,)           float64  distance of each image to its nearest other one (memorisation)
     n         ()             int      number of images
-    content_hash  str                 SHA-256 of the decoded pixels (pokediff.data.images.content_hash)
+    content_hash  str                 SHA-256 of the decoded pixels (pokediff.pixels.content_hash)
     extractor     str                 feature convention, e.g. inception-2015-12-05/pool3/tf1
     paths     (N,)           str      relative paths ("" for in-memory tensors)
 
@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pokediff.data.images import content_hash
 from pokediff.evaluation.frechet import gaussian_stats
 from pokediff.evaluation.images import load_image_folder, subset_indices
 from pokediff.evaluation.inception import (
@@ -40,6 +39,7 @@ from pokediff.evaluation.inception import (
     extractor_id,
 )
 from pokediff.evaluation.memorisation import train_nn_distances
+from pokediff.pixels import content_hash
 
 _KEYS = ("mu", "sigma", "features", "train_nn", "n", "content_hash", "extractor", "paths")
 
