@@ -23,9 +23,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pokediff.data.fetch import FetchError, FetchResult, fetch_sprites
-from pokediff.data.images import BadImageError
 from pokediff.data.ingest import IngestError, IngestReport, ingest
 from pokediff.data.manifest import MANIFEST_NAME, read_manifest
+from pokediff.data.raster import BadImageError
 from pokediff.data.sources import SourceError
 
 if TYPE_CHECKING:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pokediff.data.images import DEFAULT_RESOLUTION, BadImageError
+from pokediff.data.decode import DEFAULT_RESOLUTION
+from pokediff.data.raster import BadImageError
 from pokediff.data.sources import dataset_files, read_image
 from pokediff.errors import PokediffError
 from pokediff.pixels import from_uint8

@@ -4,7 +4,7 @@
   .zip (`open_source`, `iter_contents`);
 - images where they already are, for training and scoring: an ingested dataset (the files its
   manifest.csv lists, in its order) or any folder of images (`dataset_files`), each read into
-  uint8 pixels (`read_image`; the conversion itself is `pokediff.data.images.decode_rgb`).
+  uint8 pixels (`read_image`; the conversion itself is `pokediff.data.decode.decode_rgb`).
 
 Nothing outside a raw source is ever read:
 
@@ -51,7 +51,7 @@ from typing import Any, BinaryIO, Self
 
 import numpy as np
 
-from pokediff.data.images import IMAGE_EXTENSIONS, RGB, WHITE, decode_rgb
+from pokediff.data.decode import IMAGE_EXTENSIONS, RGB, WHITE, decode_rgb
 from pokediff.data.manifest import MANIFEST_NAME, read_manifest
 from pokediff.errors import PokediffError
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pokediff.data.images import IMAGE_EXTENSIONS, RGB, WHITE, BadImageError
+from pokediff.data.decode import IMAGE_EXTENSIONS, RGB, WHITE
 from pokediff.data.manifest import MANIFEST_NAME
+from pokediff.data.raster import BadImageError
 from pokediff.data.sources import dataset_files, read_image
 
 
