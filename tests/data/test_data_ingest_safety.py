@@ -528,8 +528,8 @@ def test_non_utf8_names_are_kept_as_escapes(tmp_path: Path) -> None:
 
 def test_data_errors_are_pokediff_errors_and_keep_their_old_base() -> None:
     """The CLI prints any PokediffError as one line; code catching the old bases keeps working."""
-    from pokediff.data.dataset import NoImagesError
     from pokediff.data.fetch import FetchError
+    from pokediff.data.image_folder import NoImagesError
     from pokediff.data.ingest_workers import WorkerCrashedError
 
     for error, old_base in ((IngestError, RuntimeError), (SourceError, ValueError), (BadImageError, ValueError),

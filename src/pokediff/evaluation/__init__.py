@@ -8,7 +8,6 @@ Pieces kept apart (as in EDM's ``fid.py``):
 - ``kid``           unbiased polynomial-kernel MMD^2 (pure numpy)
 - ``memorisation``  nearest-training-image distances (pure numpy)
 - ``evaluator``     ``FIDEvaluator``: the above glued together for the score stage and training
-- ``images``        image folders / manifests -> uint8 tensors
 
 The proof that our convention is the standard one (torchmetrics' own ``feature=2048`` extractor, made
 to run offline) is test code: tests/evaluation/standard_path.py and test_eval_standard_path.py.
@@ -16,7 +15,6 @@ to run offline) is test code: tests/evaluation/standard_path.py and test_eval_st
 
 from pokediff.evaluation.evaluator import FIDEvaluator
 from pokediff.evaluation.frechet import fid_from_features, frechet_distance, gaussian_stats
-from pokediff.evaluation.images import list_images, load_image, load_image_folder
 from pokediff.evaluation.inception import (
     DEFAULT_BATCH_SIZE,
     InceptionFeatureExtractor,
@@ -45,9 +43,6 @@ __all__ = [
     "gaussian_stats",
     "get_extractor",
     "kernel_inception_distance",
-    "list_images",
-    "load_image",
-    "load_image_folder",
     "load_reference_stats",
     "memorisation_metrics",
     "mmd2_unbiased",

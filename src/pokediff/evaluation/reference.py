@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pokediff.data.image_folder import load_image_folder, subset_indices
 from pokediff.evaluation.frechet import gaussian_stats
-from pokediff.evaluation.images import load_image_folder, subset_indices
 from pokediff.evaluation.inception import (
     DEFAULT_BATCH_SIZE,
     NUM_FEATURES,
@@ -152,14 +152,15 @@ def compute_reference_stats(
     """Inception statistics of a reference image set, cached in ``out_path``.
 
     Args:
-        images: a folder (see :func:`pokediff.evaluation.images.list_images`), a uint8 tensor
+        images: a folder (see :mod:`pokediff.data.image_folder`), a uint8 tensor
             (N, 3, H, W) or a sequence of uint8 tensors (3, H, W).
         out_path: where to save the .npz; if it already holds stats of the same pixels and
             extractor (and ``force`` is False), they are loaded and returned.
         max_images: use a fixed-seed random subset of this many images (0 = all).
     """
     if isinstance(images, (str, Path)):
-        imgs, paths = load_image_folder(images, max_images=max_images, seed=seed, how="random")
+        imgs, paths = load_image_folder(images, resolution=None, on_error="raise", max_images=max_images, seed=seed,
+                                        how="random")
     else:
         if isinstance(images, torch.Tensor):
             check_uint8_images(images)
