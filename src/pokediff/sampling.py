@@ -15,7 +15,7 @@ from torch import nn
 
 from pokediff.config import DiffusionConfig, SampleConfig
 from pokediff.diffusion import NoiseSchedule, make_sampler, sample
-from pokediff.imaging import make_grid, save_grid, save_png, save_pngs, to_uint8
+from pokediff.pixels import make_grid, save_grid, save_png, save_pngs, to_uint8
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pokediff.evaluation import extract_features, to_uint8
+from pokediff.evaluation import extract_features
 from pokediff.evaluation.inception import (
     TORCHSCRIPT_SHA1,
     InceptionFeatureExtractor,
@@ -16,6 +16,7 @@ from pokediff.evaluation.inception import (
     resolve_device,
     torchscript_path,
 )
+from pokediff.pixels import to_uint8
 
 
 def test_weights_come_from_the_installed_package() -> None:

@@ -45,10 +45,10 @@ def test_the_issue_s_missing_deps_are_declared():
     deps = stage_deps.dvc_yaml_source_deps()
     files = {stage: stage_deps.expand(d) for stage, d in deps.items()}
     src = REPO / "src" / "pokediff"
-    assert src / "data" / "decoding.py" in files["ingest"]
+    assert src / "data" / "ingest_workers.py" in files["ingest"]
     for path in ("config.py", "sampling.py", "evaluation/frechet.py"):
         assert src / path in files["train"], path
-    for path in ("models/unet.py", "imaging.py"):
+    for path in ("models/unet.py", "pixels.py"):
         assert src / path in files["sample"], path
 
 
@@ -193,7 +193,7 @@ def test_dvc_graph_matches_the_downstream_table(committed_repo):
     ("edit", "direct"),
     [
         # files the issue found missing, and one per stage
-        (_touch_byte("src/pokediff/data/decoding.py"), {"ingest", "validate", "ref_stats", "train", "sample", "score"}),
+        (_touch_byte("src/pokediff/data/ingest_workers.py"), set(DOWNSTREAM)),
         (_touch_byte("src/pokediff/stages/validate.py"), {"validate"}),
         (_touch_byte("src/pokediff/evaluation/reference.py"), {"ref_stats", "train", "score"}),
         (_touch_byte("src/pokediff/sampling.py"), {"train", "sample", "score"}),  # score: tracking -> serving
@@ -208,7 +208,7 @@ def test_dvc_graph_matches_the_downstream_table(committed_repo):
         (_set_param("data.resolution", 32), {"ingest", "validate"}),
         (_set_param("train.eval_every", 7), {"train"}),
     ],
-    ids=["decoding.py", "stages/validate.py", "evaluation/reference.py", "sampling.py", "models/unet.py",
+    ids=["ingest_workers.py", "stages/validate.py", "evaluation/reference.py", "sampling.py", "models/unet.py",
          "evaluation/report.py", "stages/sample.py", "config.py", "score.kid_subsets", "sample.spacing",
          "sample.steps", "data.resolution", "train.eval_every"],
 )

@@ -4,16 +4,15 @@
     ingest(source, out_dir, data, ...)          -> square RGB PNGs + manifest.csv + quarantine.csv
     validate_dataset(dataset_dir, checks, ...)  -> Great Expectations results (+ Data Docs)
     load_training_images(path, resolution)      -> uint8 tensor (N, 3, R, R) for the training loop
-    PokemonDataset(root, hflip=True)            -> torch Dataset of (3, R, R) floats in [-1, 1]
 
 data and checks are the params sections (config.DataConfig, config.ValidateConfig), passed as they are.
 
-Reading and converting images has one home each, used by training, scoring (pokediff.evaluation),
-ingest, the sample PNGs and the run fingerprint: `sources` finds and reads files (raw sources,
-ingested datasets, image folders), `images` converts them (decode with size limits, composite,
-square, uint8 <-> [-1, 1], PNG bytes, the pixel hash).
+Images have one home per step: `sources` reads bytes (raw sources, a user's file), `raster` and
+`svg` (the sandbox) decode them with size limits, `decode` picks between them and squares the result,
+`image_folder` loads a dataset or folder for training and scoring; uint8 <-> [-1, 1], PNG bytes and
+the pixel hash are pokediff.pixels'.
 
-The torch-based names (load_training_images, PokemonDataset) and the Great Expectations based ones
+The torch-based names (load_training_images, NoImagesError) and the Great Expectations based ones
 (validate_dataset, ValidationReport) are imported on first use: ingest runs in worker processes
 that must not pay for importing torch or great_expectations.
 """
@@ -23,19 +22,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pokediff.data.fetch import FetchError, FetchResult, fetch_sprites
-from pokediff.data.images import BadImageError
 from pokediff.data.ingest import IngestError, IngestReport, ingest
 from pokediff.data.manifest import MANIFEST_NAME, read_manifest
+from pokediff.data.raster import BadImageError
 from pokediff.data.sources import SourceError
 
 if TYPE_CHECKING:
-    from pokediff.data.dataset import NoImagesError, PokemonDataset, load_training_images
+    from pokediff.data.image_folder import NoImagesError, load_training_images
     from pokediff.data.validation import ValidationReport, validate_dataset
 
 _LAZY = {
-    "load_training_images": "pokediff.data.dataset",
-    "PokemonDataset": "pokediff.data.dataset",
-    "NoImagesError": "pokediff.data.dataset",
+    "load_training_images": "pokediff.data.image_folder",
+    "NoImagesError": "pokediff.data.image_folder",
     "validate_dataset": "pokediff.data.validation",
     "ValidationReport": "pokediff.data.validation",
 }
@@ -48,7 +46,6 @@ __all__ = [
     "IngestError",
     "IngestReport",
     "NoImagesError",
-    "PokemonDataset",
     "SourceError",
     "ValidationReport",
     "fetch_sprites",

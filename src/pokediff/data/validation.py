@@ -31,8 +31,8 @@ import pandas as pd
 from PIL import Image
 
 from pokediff.config import ValidateConfig
-from pokediff.data.images import RGB, pixel_stats
-from pokediff.data.manifest import MANIFEST_NAME, read_manifest, write_json
+from pokediff.data.decode import RGB
+from pokediff.data.manifest import MANIFEST_NAME, pixel_stats, read_manifest, write_json
 
 RESULT_NAME = "validation_result.json"
 METRICS_NAME = "validation_metrics.json"

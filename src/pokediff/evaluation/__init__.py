@@ -8,7 +8,6 @@ Pieces kept apart (as in EDM's ``fid.py``):
 - ``kid``           unbiased polynomial-kernel MMD^2 (pure numpy)
 - ``memorisation``  nearest-training-image distances (pure numpy)
 - ``evaluator``     ``FIDEvaluator``: the above glued together for the score stage and training
-- ``images``        image folders / manifests -> uint8 tensors, content hash
 
 The proof that our convention is the standard one (torchmetrics' own ``feature=2048`` extractor, made
 to run offline) is test code: tests/evaluation/standard_path.py and test_eval_standard_path.py.
@@ -16,14 +15,12 @@ to run offline) is test code: tests/evaluation/standard_path.py and test_eval_st
 
 from pokediff.evaluation.evaluator import FIDEvaluator
 from pokediff.evaluation.frechet import fid_from_features, frechet_distance, gaussian_stats
-from pokediff.evaluation.images import content_hash, list_images, load_image, load_image_folder
 from pokediff.evaluation.inception import (
     DEFAULT_BATCH_SIZE,
     InceptionFeatureExtractor,
     extract_features,
     get_extractor,
     resolve_device,
-    to_uint8,
 )
 from pokediff.evaluation.kid import kernel_inception_distance, mmd2_unbiased
 from pokediff.evaluation.memorisation import memorisation_metrics, nearest_neighbours, train_nn_distances
@@ -40,22 +37,17 @@ __all__ = [
     "InceptionFeatureExtractor",
     "ReferenceStats",
     "compute_reference_stats",
-    "content_hash",
     "extract_features",
     "fid_from_features",
     "frechet_distance",
     "gaussian_stats",
     "get_extractor",
     "kernel_inception_distance",
-    "list_images",
-    "load_image",
-    "load_image_folder",
     "load_reference_stats",
     "memorisation_metrics",
     "mmd2_unbiased",
     "nearest_neighbours",
     "resolve_device",
     "save_reference_stats",
-    "to_uint8",
     "train_nn_distances",
 ]

@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pokediff.data.images import to_uint8  # noqa: F401  (re-exported: the one float -> uint8 conversion)
 from pokediff.devices import resolve_device
 
 ResizeMode = Literal["tf1", "antialias"]
@@ -117,7 +116,7 @@ def check_uint8_images(images: object, name: str = "images") -> torch.Tensor:
     if images.dtype != torch.uint8:
         raise TypeError(
             f"{name} must have dtype torch.uint8 (values 0..255), got {images.dtype}; "
-            "convert float images in [-1, 1] with pokediff.evaluation.to_uint8"
+            "convert float images in [-1, 1] with pokediff.pixels.to_uint8"
         )
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"{name} must have shape (N, 3, H, W) (RGB, channels first), got {tuple(images.shape)}")

@@ -41,15 +41,16 @@ def run(args: argparse.Namespace) -> int:
         print("pokediff fid: --max-images must be >= 0", file=sys.stderr)
         return 2
 
+    from pokediff.data.image_folder import load_image_folder
     from pokediff.evaluation import extract_features, fid_from_features, get_extractor, kernel_inception_distance
-    from pokediff.evaluation.images import load_image_folder
     from pokediff.evaluation.report import write_metrics_json
 
     try:
         extractor = get_extractor(args.resize, cfg.device)
         feats = []
         for folder in (args.dir_a, args.dir_b):
-            images, _ = load_image_folder(folder, max_images=args.max_images, seed=cfg.seed)
+            images, _ = load_image_folder(folder, resolution=None, on_error="raise", max_images=args.max_images,
+                                          seed=cfg.seed)
             if len(images) < 2:
                 raise ValueError(f"{folder}: FID needs at least 2 images, found {len(images)}")
             feats.append(extract_features(images, cfg.batch_size, extractor=extractor, progress=not args.quiet))

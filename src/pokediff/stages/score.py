@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     ref_path = Path(args.ref or cfg.ref_stats)
     out = Path(args.out or Path(cfg.out_dir) / "metrics.json")
 
-    from pokediff.evaluation import FIDEvaluator, load_image_folder, nearest_neighbours
+    from pokediff.data.image_folder import load_image_folder
+    from pokediff.evaluation import FIDEvaluator, nearest_neighbours
     from pokediff.evaluation.memorisation import memorisation_metrics
     from pokediff.evaluation.report import write_metrics_json, write_nearest_csv
 
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
             ref_path, device=cfg.device, batch_size=cfg.batch_size, kid_subsets=cfg.kid_subsets,
             kid_subset_size=cfg.kid_subset_size, seed=cfg.seed,
         )
-        images, paths = load_image_folder(samples_dir, max_images=cfg.num_samples, how="first")
+        images, paths = load_image_folder(samples_dir, resolution=None, on_error="raise",
+                                          max_images=cfg.num_samples, how="first")
         if len(images) < 2:
             raise ValueError(f"{samples_dir}: FID needs at least 2 images, found {len(images)}")
         features = evaluator.features(images, progress=not args.quiet)

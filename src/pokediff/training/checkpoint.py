@@ -140,7 +140,7 @@ def run_fingerprint(images: torch.Tensor, model_cfg: ModelConfig, diffusion_cfg:
         "diffusion": diffusion_cfg.model_dump(mode="json"),
         "train": train_cfg.weight_settings(),
     }
-    from pokediff.data.images import update_pixel_hash  # local: keeps checkpoint reading free of the data package
+    from pokediff.pixels import update_pixel_hash
 
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     update_pixel_hash(h, images)  # (N, 3, R, R) uint8: shape, then bytes (values of existing runs unchanged)

@@ -56,7 +56,7 @@ def in_training_evaluator(params: Params, tracker: Any, eval_log: EvalLog) -> Ca
     if not params.train.eval_every:
         return None
     from pokediff.evaluation import FIDEvaluator
-    from pokediff.imaging import make_grid, save_png
+    from pokediff.pixels import make_grid, save_png
     from pokediff.sampling import generate
 
     ref = Path(params.score.ref_stats)
