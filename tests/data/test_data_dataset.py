@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pokediff.data import NoImagesError, PokemonDataset, load_training_images, read_manifest
+from pokediff.data.dataset import NoImagesError, PokemonDataset, load_training_images
+from pokediff.data.manifest import read_manifest
 from pokediff.data.sprites import ANIMATED_DIR
 
 

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from pokediff.evaluation import extract_features, to_uint8
 from pokediff.evaluation.inception import (
     TORCHSCRIPT_SHA1,
     InceptionFeatureExtractor,
+    extract_features,
     iter_batches,
     resolve_device,
+    to_uint8,
     torchscript_path,
 )
 

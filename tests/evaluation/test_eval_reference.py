@@ -9,19 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pokediff.evaluation import (
-    FIDEvaluator,
-    compute_reference_stats,
-    content_hash,
-    list_images,
-    load_image,
-    load_image_folder,
-    load_reference_stats,
-)
 from pokediff.evaluation import reference as reference_module
+from pokediff.evaluation.evaluator import FIDEvaluator
 from pokediff.evaluation.frechet import gaussian_stats
-from pokediff.evaluation.images import subset_indices
+from pokediff.evaluation.images import content_hash, list_images, load_image, load_image_folder, subset_indices
 from pokediff.evaluation.memorisation import train_nn_distances
+from pokediff.evaluation.reference import compute_reference_stats, load_reference_stats
 
 
 def save_folder(images: torch.Tensor, folder, names=None) -> list[str]:
