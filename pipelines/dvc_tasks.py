@@ -115,7 +115,7 @@ def stage_changes(stage: str) -> list:
 
 
 def describe_changes(changes: list, max_names: int = 8) -> str:
-    """DVC's status entries -> one short line, e.g. "params sample.sampler; deps src/pokediff/sampling.py"
+    """DVC's status entries -> one short line, e.g. "params sample.sampler; deps src/pokediff/generation.py"
     (at most ``max_names`` names per kind, then how many more)."""
     parts = []
     for change in changes:

@@ -105,3 +105,19 @@ def test_a_cycle_closed_inside_a_function_is_found(tmp_path):
     graph = import_graph(tmp_path, "pkg")
     assert graph["pkg.sub.b"] == {"pkg", "pkg.a"}
     assert cycles(graph) == [["pkg.a", "pkg.sub.b"]]
+
+
+def test_only_tracking_imports_mlflow():
+    """pokediff.tracking is the one home of MLflow calls, for the library, the flows and the benchmarks."""
+    root = SRC.parent
+    offenders = []
+    for folder in ("src", "pipelines", "benchmarks"):
+        for path in (root / folder).rglob("*.py"):
+            if (root / "src" / "pokediff" / "tracking") in path.parents:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == []

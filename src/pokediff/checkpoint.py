@@ -50,7 +50,8 @@ from pokediff.models.unet import UNet
 
 CHECKPOINT_FORMAT = "pokediff-checkpoint-v2"
 MODEL_FORMAT = "pokediff-model-v2"
-MODEL_FILE_NAME = "model.safetensors"
+MODEL_FILE_NAME = "model.safetensors"  # in train.out_dir
+CHECKPOINT_FILE = Path("checkpoints") / "last.pt"  # in train.out_dir
 
 # Our safetensors headers hold a few hundred tensor entries and the configs (~100 KB for the GPU
 # recipe); a header claiming more than this is not one of ours and is not parsed.

@@ -74,6 +74,7 @@ def test_champion_follows_the_best_fid(project):
                                         "eval_kid_mean"} | {m for m in parent.data.metrics if m.startswith("system/")}
 
     # The champion's weights come back as the exact model file that was registered.
+    (project / "download").mkdir()
     path = download_model_file("models:/pokemon-ddpm@champion", project / "download")
     assert path.read_bytes() == (project / "b" / "model.safetensors").read_bytes()
     model, _, _, step = load_model(path)

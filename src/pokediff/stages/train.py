@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
     # as in run(): torch, the data loader and the training code load only for a valid command
-    from pokediff.checkpoint import read_sidecar, run_fingerprint
+    from pokediff.checkpoint import CHECKPOINT_FILE, read_sidecar, run_fingerprint
     from pokediff.data.dataset import load_training_images
     from pokediff.training.loop import train
     from pokediff.training.memory_estimate import count_config_parameters
@@ -93,7 +93,7 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
 
     fingerprint = run_fingerprint(images, params.model, params.diffusion, params.train)
     resume = args.resume
-    previous = read_sidecar(out_dir / "checkpoints" / "last.pt")
+    previous = read_sidecar(out_dir / CHECKPOINT_FILE)
     if args.auto_resume:
         resume = previous.get("fingerprint") == fingerprint
         if previous and rank == 0:

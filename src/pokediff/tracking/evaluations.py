@@ -57,7 +57,7 @@ class EvaluationLogger:
         self.info = read_run_info(train_out_dir)
 
     def log(self, params: dict[str, Any], metrics: dict[str, Any], artifacts: list[Path], run_name: str,
-            key: str = "unkeyed", how: str = "") -> dict:
+            key: str, how: str = "") -> dict:
         configure()
         client = MlflowClient()
         parent = client.get_run(self.info["run_id"])
@@ -137,8 +137,7 @@ def _alias_version(client: MlflowClient, alias: str):
         return None
 
 
-def update_champion(version: str, fid: float, how: str = "", *, key: str = "unkeyed",
-                    run_id: str = "") -> dict[str, Any]:
+def update_champion(version: str, fid: float, how: str, *, key: str, run_id: str) -> dict[str, Any]:
     """Record an evaluation's FID on the model version under its key and move that key's champion
     alias (and ``champion`` when the key is the champion key) to the best version under the key.
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pokediff.checkpoint import MODEL_FILE_NAME, TrainingState, save_model_file
+from pokediff.checkpoint import CHECKPOINT_FILE, MODEL_FILE_NAME, TrainingState, save_model_file
 from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
 from pokediff.devices import resolve_device
 from pokediff.errors import PokediffError
@@ -97,7 +97,7 @@ def train(
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    ckpt_path, model_path = out_dir / "checkpoints" / "last.pt", out_dir / MODEL_FILE_NAME
+    ckpt_path, model_path = out_dir / CHECKPOINT_FILE, out_dir / MODEL_FILE_NAME
     _validate_images(images, model_cfg)
     device, info = _join_processes(resolve_device(device), train_cfg.batch_size)
 
