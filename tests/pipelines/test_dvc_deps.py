@@ -64,6 +64,21 @@ def test_score_depends_on_evaluation_and_data_code_only():
     assert {"evaluation/evaluator.py", "tracking/evaluations.py", "stages/score.py"} <= score
 
 
+def test_write_regenerates_the_deps_and_keeps_everything_else(tmp_path):
+    """`python -m pipelines.stage_deps --write` on a dvc.yaml whose src/ deps are stale: the deps become
+    the generated ones, every other line (comments, data deps, params, outs) stays byte for byte."""
+    original = (REPO / "dvc.yaml").read_text()
+    stale = original.replace("      - src/pokediff/stages/score.py\n", "      - src/pokediff/models\n", 1)
+    stale = stale.replace("      - src/pokediff/stages/ingest.py\n", "", 1)
+    assert stale.count("\n") == original.count("\n") - 1
+    path = tmp_path / "dvc.yaml"
+    path.write_text(stale)
+    assert sorted(stage_deps.write(path)) == ["ingest", "score"]
+    assert path.read_text() == original
+    assert stage_deps.differences(path) == {}
+    assert stage_deps.write(path) == []
+
+
 def test_a_stage_import_loads_nothing_outside_its_deps():
     """The static list covers what Python really loads: import each stage module, build its parser,
     and run the imports its run() does (the lazy ones), in a fresh interpreter per stage."""
