@@ -21,8 +21,8 @@ WEIGHTS_DIR = "artifacts"  # where mlflow.pyfunc puts the `artifacts={"weights":
 
 def download_model_file(uri: str, dst_dir: str | Path) -> Path:
     """Download the safetensors weights of a registered version (e.g. ``models:/pokemon-ddpm@champion``)
-    into the existing folder ``dst_dir``; returns the file's path. CheckpointError (one line) when the URI is not a registry
-    URI, is not in the store, or its version holds no single safetensors file."""
+    into the existing folder ``dst_dir``; returns the file's path. CheckpointError (one line) when the
+    URI is not a registry URI, is not in the store, or its version holds no single safetensors file."""
     configure()
     if not ModelsArtifactRepository.is_models_uri(uri):
         raise CheckpointError(f"{shorten(uri, 200)}: not a registry URI (expected models:/NAME@ALIAS or "
