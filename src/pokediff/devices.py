@@ -1,6 +1,8 @@
-"""Device choice, shared by training, sampling and scoring."""
+"""Device choice and mixed precision, shared by training, sampling and scoring."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -19,3 +21,10 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
     return resolved
+
+
+def autocast_for(device: torch.device, precision: str = "auto"):
+    """bf16 autocast on CUDA ("auto" or "bf16"), plain fp32 otherwise (train.precision's meaning)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

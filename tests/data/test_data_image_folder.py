@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pokediff.data import NoImagesError, load_training_images, read_manifest
-from pokediff.data.image_folder import load_image_folder
+from pokediff.data.image_folder import NoImagesError, load_image_folder, load_training_images
+from pokediff.data.manifest import read_manifest
 from pokediff.data.raster import BadImageError
 from pokediff.data.sprites import ANIMATED_DIR
 

@@ -11,13 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from pokediff.checkpoint import run_fingerprint
 from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
-from pokediff.data import load_training_images
 from pokediff.data import sources as sources_module
-from pokediff.data.image_folder import list_images, load_image_folder
+from pokediff.data.image_folder import list_images, load_image_folder, load_training_images
 from pokediff.data.sprites import ANIMATED_DIR, DREAMWORLD_DIR
 from pokediff.pixels import content_hash, encode_png, from_uint8, pixel_sha256, save_png, to_uint8
-from pokediff.training.checkpoint import run_fingerprint
 
 
 def _square_rgba(size: int, colour: tuple[int, int, int]) -> Image.Image:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pokediff.evaluation import extract_features
 from pokediff.evaluation.inception import (
     TORCHSCRIPT_SHA1,
     InceptionFeatureExtractor,
+    extract_features,
     iter_batches,
     resolve_device,
     torchscript_path,

@@ -10,14 +10,11 @@ import torch
 from PIL import Image
 
 from pokediff.data.image_folder import list_images, load_image_folder, read_image, subset_indices
-from pokediff.evaluation import (
-    FIDEvaluator,
-    compute_reference_stats,
-    load_reference_stats,
-)
 from pokediff.evaluation import reference as reference_module
+from pokediff.evaluation.evaluator import FIDEvaluator
 from pokediff.evaluation.frechet import gaussian_stats
 from pokediff.evaluation.memorisation import train_nn_distances
+from pokediff.evaluation.reference import compute_reference_stats, load_reference_stats
 from pokediff.pixels import content_hash
 
 

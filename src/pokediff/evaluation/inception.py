@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from pokediff.devices import resolve_device
 
@@ -128,6 +129,7 @@ def check_uint8_images(images: object, name: str = "images") -> torch.Tensor:
 def resize_to_inception(x: torch.Tensor, resize: ResizeMode) -> torch.Tensor:
     """float (N, 3, H, W) on the 0..255 scale -> float (N, 3, 299, 299), as the standard path does."""
     if resize == "tf1":
+        # torch-fidelity: ~3 s to import, only for the tf1 resize
         from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
         return interpolate_bilinear_2d_like_tensorflow1x(x, size=(INPUT_SIZE, INPUT_SIZE), align_corners=False)
@@ -245,8 +247,6 @@ def extract_features(
         total = sum(1 if t.dim() == 3 else t.shape[0] for t in images)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=total, unit="img", desc="inception", leave=False)
     chunks: list[np.ndarray] = []
     try:

@@ -1,11 +1,11 @@
-"""Batch generation glue: load a trained model (file or MLflow registry) and write sample images.
+"""Batch generation: images from a trained model, in batches, reproducibly, optionally saved as PNGs.
 
-The math lives in pokediff.diffusion; this module only batches, seeds, converts and saves.
+The math lives in pokediff.diffusion (``reverse_process``); this module only batches, seeds, converts
+and saves. Used by `pokediff sample`, the in-training FID and the served model's requests.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from pokediff.config import DiffusionConfig, SampleConfig
-from pokediff.diffusion import NoiseSchedule, make_sampler, sample
+from pokediff.devices import autocast_for
+from pokediff.diffusion import NoiseSchedule, make_sampler, reverse_process
 from pokediff.pixels import make_grid, save_grid, save_png, save_pngs, to_uint8
 
 
@@ -24,33 +25,6 @@ class Generated:
     steps: int
     spacing: str
     paths: list[Path]
-
-
-def load_for_sampling(checkpoint: str | None = None, model_uri: str | None = None, *, use_ema: bool = True,
-                      device: str | None = None) -> tuple[nn.Module, DiffusionConfig, str]:
-    """(model in eval mode on device, its diffusion config, a description of where it came from).
-
-    checkpoint: a model file (model.safetensors) or a training checkpoint (checkpoints/last.pt); both
-    are read without unpickling code (training.checkpoint)."""
-    from pokediff.training import load_model, resolve_device
-
-    dev = resolve_device(device)
-    if model_uri:
-        from pokediff.tracking import load_registered_model
-
-        # Only the version's safetensors weights are downloaded (to a temporary directory, removed again).
-        model, _, diffusion_cfg, step = load_registered_model(model_uri, use_ema=use_ema, device=dev)
-        return model, diffusion_cfg, f"{model_uri} (step {step})"
-    if not checkpoint:
-        raise ValueError("give a checkpoint path or a model URI")
-    model, _, diffusion_cfg, step = load_model(checkpoint, use_ema=use_ema, device=dev)
-    return model, diffusion_cfg, f"{checkpoint} (step {step})"
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, cfg: SampleConfig, *, steps: int | None,
@@ -77,10 +51,10 @@ def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, cfg: SampleConfig
             strip_frames.append(to_uint8(x_t[:8]).cpu())
 
     batches, paths, done = [], [], 0
-    with _autocast(device):
+    with autocast_for(device):
         while done < cfg.num_images:
             n = min(cfg.batch_size, cfg.num_images - done)
-            x = sample(model, sched, (n, ch, res, res), sampler, generator=generator,
+            x = reverse_process(model, sched, (n, ch, res, res), sampler, generator=generator,
                        callback=record if (done == 0 and strip_path) else None)
             images = to_uint8(x).cpu()
             if images_dir is not None:

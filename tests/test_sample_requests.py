@@ -1,4 +1,4 @@
-"""Served sampling requests are validated and bounded before any work (pokediff.serving)."""
+"""Served sampling requests are validated and bounded before any work (pokediff.sample_requests)."""
 
 import base64
 import io
@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from pokediff.pixels import save_png
-from pokediff.serving import RequestError, parse_requests, png_base64
+from pokediff.sample_requests import RequestError, parse_requests, png_base64
 
 
 def test_requests_parse_with_optional_eta_and_dataframe_numbers():

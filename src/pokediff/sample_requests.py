@@ -1,4 +1,4 @@
-"""Sampling requests for the served model: validate a request, generate, return PNGs as base64.
+"""The served model's sampling requests: parse and bound them, generate, answer with base64 PNGs.
 
 A request row (one per image batch asked for; JSON, e.g. ``{"dataframe_records": [row, ...]}`` to
 ``mlflow models serve``'s /invocations):
@@ -8,8 +8,8 @@ A request row (one per image batch asked for; JSON, e.g. ``{"dataframe_records":
 answer: one row per image, ``{"request": i, "image": j, "png_base64": "<base64 of a PNG>"}``.
 
 Requests are bounded (images per call, rows, steps <= the model's timesteps), so one call cannot ask
-the server for unbounded memory or time. No mlflow import here: the MLflow wrapper is
-pokediff/tracking/pyfunc_model.py.
+the server for unbounded memory or time. No mlflow import here: the MLflow wrapper that calls
+``answer`` is pokediff/tracking/pyfunc_model.py.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torch import nn
 
 from pokediff.choices import ETA_SAMPLERS, SAMPLERS
 from pokediff.config import DiffusionConfig, SampleConfig
+from pokediff.generation import generate
 from pokediff.pixels import encode_png, to_pil
 
 MAX_IMAGES_PER_CALL = 64  # summed over the rows of one call
@@ -81,8 +82,6 @@ def png_base64(image: torch.Tensor) -> str:
 
 def answer(model: nn.Module, diffusion_cfg: DiffusionConfig, rows: Iterable[Mapping[str, Any]]) -> list[dict]:
     """Generate the images of every request row; [{"request", "image", "png_base64"}, ...]."""
-    from pokediff.sampling import generate
-
     configs = parse_requests(rows, diffusion_cfg.timesteps)
     out = []
     for i, cfg in enumerate(configs):
