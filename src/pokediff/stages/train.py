@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pokediff.config import load_params
+    from pokediff.training.launch import requested_processes, run_under_torchrun
+
+    processes = requested_processes()  # POKEDIFF_TRAIN_PROCESSES: the same command, under torchrun
+    if processes > 1:
+        return run_under_torchrun(processes)
 
     flags = {"train.steps": args.steps, "train.batch_size": args.batch_size, "train.lr": args.lr,
              "train.out_dir": args.out_dir}

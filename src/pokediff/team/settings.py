@@ -172,9 +172,10 @@ def describe() -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # Checking: one HTTP request per server, a few seconds at most
 # ----------------------------------------------------------------------------------------------
-def _named(key: str) -> str:
+def named(key: str) -> str:
+    """The setting's name with where it came from, for a message: 'KEY (from team.env)'."""
     where = source(key)
-    return f"{key} (from {where})" if where not in ("not set",) else key
+    return f"{key} (from {where})" if where != "not set" else key
 
 
 def _get(url: str, headers: dict[str, str]) -> int:
@@ -197,7 +198,7 @@ def _unreachable(key: str, url: str, exc: BaseException) -> TeamSettingsError:
         if needle in words:
             words = short
             break
-    return TeamSettingsError(f"{_named(key)}: {redact_url(url)} does not answer ({words[:120]})")
+    return TeamSettingsError(f"{named(key)}: {redact_url(url)} does not answer ({words[:120]})")
 
 
 def check_mlflow() -> str | None:
@@ -221,15 +222,15 @@ def check_mlflow() -> str | None:
         raise _unreachable("MLFLOW_TRACKING_URI", uri, exc) from None
     if status == 401:
         if not user:
-            raise TeamSettingsError(f"{_named('MLFLOW_TRACKING_USERNAME')}: not set, and the MLflow server "
+            raise TeamSettingsError(f"{named('MLFLOW_TRACKING_USERNAME')}: not set, and the MLflow server "
                                     f"{redact_url(uri)} asks for a login")
-        raise TeamSettingsError(f"{_named('MLFLOW_TRACKING_PASSWORD')}: the MLflow server {redact_url(uri)} "
+        raise TeamSettingsError(f"{named('MLFLOW_TRACKING_PASSWORD')}: the MLflow server {redact_url(uri)} "
                                 f"refused the login of user {user!r}")
     if status == 403:
-        raise TeamSettingsError(f"{_named('MLFLOW_TRACKING_USERNAME')}: user {user!r} may not read experiments "
+        raise TeamSettingsError(f"{named('MLFLOW_TRACKING_USERNAME')}: user {user!r} may not read experiments "
                                 f"on {redact_url(uri)}")
     if status >= 400:
-        raise TeamSettingsError(f"{_named('MLFLOW_TRACKING_URI')}: {redact_url(uri)} answered HTTP {status}; "
+        raise TeamSettingsError(f"{named('MLFLOW_TRACKING_URI')}: {redact_url(uri)} answered HTTP {status}; "
                                 "is it an MLflow server?")
     return redact_url(uri)
 
@@ -249,12 +250,12 @@ def check_prefect() -> str | None:
         raise _unreachable("PREFECT_API_URL", api, exc) from None
     if status == 401:
         if not auth:
-            raise TeamSettingsError(f"{_named('PREFECT_API_AUTH_STRING')}: not set, and the Prefect server "
+            raise TeamSettingsError(f"{named('PREFECT_API_AUTH_STRING')}: not set, and the Prefect server "
                                     f"{redact_url(api)} asks for one")
-        raise TeamSettingsError(f"{_named('PREFECT_API_AUTH_STRING')}: the Prefect server {redact_url(api)} "
+        raise TeamSettingsError(f"{named('PREFECT_API_AUTH_STRING')}: the Prefect server {redact_url(api)} "
                                 "refused it")
     if status >= 400:
-        raise TeamSettingsError(f"{_named('PREFECT_API_URL')}: {redact_url(api)} answered HTTP {status}; "
+        raise TeamSettingsError(f"{named('PREFECT_API_URL')}: {redact_url(api)} answered HTTP {status}; "
                                 "is it a Prefect API URL (ending in /api)?")
     return redact_url(api)
 

@@ -19,6 +19,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 
 from pokediff.errors import PokediffError, shorten
+from pokediff.team.settings import named, redact_url
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # relative to the project root (see project_root)
 STORE_DIR = "mlruns"
@@ -122,9 +123,7 @@ def configure(experiment: str = EXPERIMENT_NAME) -> str:
         with quick_http():
             found = mlflow.get_experiment_by_name(experiment)
     except Exception as exc:  # requests' ConnectionError, MlflowException, OSError, ...
-        raise TrackingError(
-            f"MLflow store {uri} not reachable ({_first_line(exc)}); start the server, unset "
-            "MLFLOW_TRACKING_URI to use the project store, or pass --no-track") from None
+        raise TrackingError(_store_failure(uri, exc)) from None
     if found is not None:
         if local:
             _relocate_if_moved(store, found.artifact_location)
@@ -139,6 +138,25 @@ def configure(experiment: str = EXPERIMENT_NAME) -> str:
         experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def _store_failure(uri: str, exc: BaseException) -> str:
+    """One line for a store that refused or did not answer: the setting to fix, no secret (the URI is
+    shown without any user:password part)."""
+    shown = redact_url(uri)
+    code = getattr(exc, "error_code", None)
+    if code == "UNAUTHENTICATED":
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if not user:
+            return (f"{named('MLFLOW_TRACKING_USERNAME')}: not set, and the MLflow server {shown} asks for a login; "
+                    "set it and MLFLOW_TRACKING_PASSWORD (environment or team.env), or pass --no-track")
+        return (f"{named('MLFLOW_TRACKING_PASSWORD')}: the MLflow server {shown} refused the login of user "
+                f"{user!r}; fix MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, or pass --no-track")
+    if code == "PERMISSION_DENIED":
+        return (f"{named('MLFLOW_TRACKING_USERNAME')}: user {os.environ.get('MLFLOW_TRACKING_USERNAME')!r} may not "
+                f"use experiment {EXPERIMENT_NAME!r} on {shown}; ask the server's admin for access")
+    return (f"MLflow store {shown} not reachable ({_first_line(exc)}); start the server, unset "
+            "MLFLOW_TRACKING_URI to use the project store, or pass --no-track")
 
 
 def _first_line(exc: BaseException) -> str:
