@@ -67,7 +67,7 @@ team-check: install     # this machine's settings (no secrets shown) and each se
 	$(TEAM) check
 
 team-deploy: install    # deploy HEAD (pushed to the team's git remote) to the team's Prefect server
-	$(TEAM) exec -- prefect --no-prompt deploy --all --prefect-file prefect-team.yaml
+	$(TEAM) deploy
 
 team-worker: install    # a worker on this host for the pool (make team-worker POOL=gpu-pool)
 	$(TEAM) worker --pool $(POOL)

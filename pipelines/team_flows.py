@@ -8,7 +8,7 @@
                                 to the training run's MLflow artifacts while it trains
                              4. push: `dvc push` (data, model, metrics), `dvc exp push origin <exp>`
     pokediff_team_check      where a flow run of the pool lands and whether it reaches the servers
-                             (several at once: each waits until `wait_for` of them run together)
+                             (several at once: each waits until `peers` of them have started)
 
 The deployment's concurrency limit (1, queued) keeps a second nightly run from starting while one trains.
 """
@@ -228,10 +228,10 @@ def pokediff_team_pipeline(overrides: list[str] | None = None, committed_recipe:
 
 
 @flow(name="pokediff-team-check", log_prints=True)
-def pokediff_team_check(wait_for: int = 0, batch: str = ""):
+def pokediff_team_check(peers: int = 0, batch: str = ""):
     """Where this flow run landed (worker, host, folder) and whether it reaches the team's servers.
 
-    wait_for: with batch, wait (up to 10 min) until this many flow runs tagged `batch:<batch>` are running
+    peers:    with batch, wait (up to 10 min) until this many flow runs tagged `batch:<batch>` have started
               at once, so that a pool's workers each show up (a worker with --limit 1 takes one at a time)."""
     from pokediff.team import settings
 
@@ -239,8 +239,8 @@ def pokediff_team_check(wait_for: int = 0, batch: str = ""):
     found = {"worker": os.environ.get("POKEDIFF_WORKER_NAME", ""), "host": socket.gethostname(),
              "cwd": os.getcwd(), "flow_run": str(flow_run.get_id()),
              "mlflow": settings.check_mlflow() or "", "prefect": settings.check_prefect() or ""}
-    if wait_for > 1 and batch:
-        found["peers_running_together"] = _wait_for_peers(f"batch:{batch}", wait_for)
+    if peers > 1 and batch:
+        found["peers_started"] = _wait_for_peers(f"batch:{batch}", peers)
     print(json.dumps(found))
     return found
 

@@ -5,8 +5,10 @@
     worker --pool P           start a Prefect worker with the team settings (checked first)
     dvc-remote                make POKEDIFF_DVC_REMOTE this checkout's DVC remote (.dvc/config.local)
     pull                      dvc remote + `dvc pull --allow-missing` (a deployment's pull step)
+    deploy                    create the work pools prefect-team.yaml names (if missing), deploy its deployments
     deploy-commit             check HEAD can be deployed, push its data; print its sha (a build step)
     stack up|down|status      the team's servers on this machine (make team-up / make team-down)
+    stack restart SERVICE     stop and start one of them (postgres, mlflow, prefect)
     stack add-user NAME       an MLflow login for a teammate or a worker
 
 Any failure is one line on stderr naming the setting or file, exit 1 (--debug: the traceback too).
@@ -42,10 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--work-dir", help="where flow runs clone the repository (default: the system's temp)")
     sub.add_parser("dvc-remote", help="POKEDIFF_DVC_REMOTE -> .dvc/config.local")
     sub.add_parser("pull", help="dvc remote + dvc pull --allow-missing")
+    deploy = sub.add_parser("deploy", help="create the work pools (if missing) and deploy prefect-team.yaml")
+    deploy.add_argument("--prefect-file", default="prefect-team.yaml")
     sub.add_parser("deploy-commit", help="check HEAD is deployable, push its data, print its sha")
     stack = sub.add_parser("stack", help="the team's servers on this machine")
-    stack.add_argument("action", choices=("up", "down", "status", "add-user"))
-    stack.add_argument("name", nargs="?", help="add-user: the login name")
+    stack.add_argument("action", choices=("up", "down", "status", "restart", "add-user"))
+    stack.add_argument("name", nargs="?", help="add-user: the login name; restart: postgres, mlflow or prefect")
     stack.add_argument("--state", default=None, help=f"state folder (default: {DEFAULT_STATE} in the project root)")
     stack.add_argument("--host", default="127.0.0.1", help="address the MLflow and Prefect servers listen on")
     return parser
@@ -76,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
         if not argv:
             raise settings.TeamSettingsError("exec: no command given (python -m pokediff.team exec -- CMD ...)")
         _exec(argv)
+    if args.command == "deploy":
+        settings.check_prefect() or settings.require("PREFECT_API_URL")
+        for pool in _work_pools(Path(args.prefect_file)):
+            _ensure_work_pool(pool)
+        _exec(["prefect", "--no-prompt", "deploy", "--all", "--prefect-file", args.prefect_file])
     if args.command == "worker":
         settings.check_prefect() or settings.require("PREFECT_API_URL")
         settings.check_mlflow() or settings.require("MLFLOW_TRACKING_URI")
@@ -114,6 +123,11 @@ def _stack(args: argparse.Namespace) -> int:
     elif args.action == "status":
         for name, running in stack.status().items():
             print(f"{name:<9} {'running' if running else 'stopped'}")
+    elif args.action == "restart":
+        if args.name not in ("postgres", "mlflow", "prefect"):
+            raise settings.TeamSettingsError("stack restart: name postgres, mlflow or prefect")
+        stack.stop_service(args.name)
+        stack.start_service(args.name)
     elif args.action == "add-user":
         if not args.name:
             raise settings.TeamSettingsError("stack add-user: give the login name")
@@ -121,6 +135,30 @@ def _stack(args: argparse.Namespace) -> int:
         print(f"MLflow login {args.name!r}: its MLFLOW_TRACKING_USERNAME/PASSWORD lines are in {path} (mode 600); "
               "put them into that machine's team.env")
     return 0
+
+
+def _work_pools(prefect_file: Path) -> list[str]:
+    import yaml
+
+    try:
+        config = yaml.safe_load(prefect_file.read_text()[:1_000_000]) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise settings.TeamSettingsError(f"{prefect_file}: cannot read it ({exc})") from None
+    return sorted({d["work_pool"]["name"] for d in config.get("deployments", []) if d.get("work_pool", {}).get("name")})
+
+
+def _ensure_work_pool(name: str) -> None:
+    """A process work pool NAME on the Prefect server, created when missing (an existing one is kept as is)."""
+    import subprocess
+
+    prefect = [sys.executable, "-m", "prefect"]
+    if subprocess.run([*prefect, "work-pool", "inspect", name], capture_output=True).returncode == 0:
+        return
+    made = subprocess.run([*prefect, "work-pool", "create", name, "--type", "process"], capture_output=True, text=True)
+    if made.returncode != 0 and "already exists" not in made.stdout + made.stderr:
+        raise settings.TeamSettingsError(f"work pool {name!r}: `prefect work-pool create` failed: "
+                                         f"{(made.stderr or made.stdout).strip().splitlines()[-1:]}")
+    print(f"work pool {name!r} created (type process)")
 
 
 def _exec(argv: list[str]) -> None:

@@ -3,6 +3,7 @@
     python -m pokediff.team stack up         (make team-up: starts what is not running; idempotent)
     python -m pokediff.team stack down       (make team-down: stops what runs; idempotent)
     python -m pokediff.team stack status
+    python -m pokediff.team stack restart SERVICE   postgres, mlflow or prefect (the others keep running)
     python -m pokediff.team stack add-user NAME   an MLflow login for a teammate or a worker
 
 What runs (docs/team.md shows the same layout on separate hosts):
@@ -390,7 +391,8 @@ def _server_base_env() -> dict[str, str]:
     from pokediff.env import OFFLINE_DEFAULTS
     from pokediff.team.settings import SETTINGS
 
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS and not k.startswith("PREFECT_")}
+    client_only = ("PREFECT_API_", "PREFECT_HOME", "PREFECT_PROFILE", "PREFECT_CLIENT_")  # server settings pass
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS and not k.startswith(client_only)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return {**OFFLINE_DEFAULTS, **env}
 
