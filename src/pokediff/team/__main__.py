@@ -8,7 +8,7 @@
     deploy                    create the work pools prefect-team.yaml names (if missing), deploy its deployments
     deploy-commit             check HEAD can be deployed, push its data; print its sha (a build step)
     stack up|down|status      the team's servers on this machine (make team-up / make team-down)
-    stack restart SERVICE     stop and start one of them (postgres, mlflow, prefect)
+    stack start|stop|restart SERVICE   one of them (postgres, mlflow, prefect); the others keep running
     stack add-user NAME       an MLflow login for a teammate or a worker
 
 Any failure is one line on stderr naming the setting or file, exit 1 (--debug: the traceback too).
@@ -48,8 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--prefect-file", default="prefect-team.yaml")
     sub.add_parser("deploy-commit", help="check HEAD is deployable, push its data, print its sha")
     stack = sub.add_parser("stack", help="the team's servers on this machine")
-    stack.add_argument("action", choices=("up", "down", "status", "restart", "add-user"))
-    stack.add_argument("name", nargs="?", help="add-user: the login name; restart: postgres, mlflow or prefect")
+    stack.add_argument("action", choices=("up", "down", "status", "start", "stop", "restart", "add-user"))
+    stack.add_argument("name", nargs="?", help="add-user: the login name; start/stop/restart: postgres, mlflow "
+                                                "or prefect")
     stack.add_argument("--state", default=None, help=f"state folder (default: {DEFAULT_STATE} in the project root)")
     stack.add_argument("--host", default="127.0.0.1", help="address the MLflow and Prefect servers listen on")
     return parser
@@ -123,11 +124,13 @@ def _stack(args: argparse.Namespace) -> int:
     elif args.action == "status":
         for name, running in stack.status().items():
             print(f"{name:<9} {'running' if running else 'stopped'}")
-    elif args.action == "restart":
+    elif args.action in ("start", "stop", "restart"):
         if args.name not in ("postgres", "mlflow", "prefect"):
-            raise settings.TeamSettingsError("stack restart: name postgres, mlflow or prefect")
-        stack.stop_service(args.name)
-        stack.start_service(args.name)
+            raise settings.TeamSettingsError(f"stack {args.action}: name postgres, mlflow or prefect")
+        if args.action != "start":
+            stack.stop_service(args.name)
+        if args.action != "stop":
+            stack.start_service(args.name)
     elif args.action == "add-user":
         if not args.name:
             raise settings.TeamSettingsError("stack add-user: give the login name")

@@ -3,7 +3,7 @@
     python -m pokediff.team stack up         (make team-up: starts what is not running; idempotent)
     python -m pokediff.team stack down       (make team-down: stops what runs; idempotent)
     python -m pokediff.team stack status
-    python -m pokediff.team stack restart SERVICE   postgres, mlflow or prefect (the others keep running)
+    python -m pokediff.team stack start|stop|restart SERVICE   postgres, mlflow or prefect alone
     python -m pokediff.team stack add-user NAME   an MLflow login for a teammate or a worker
 
 What runs (docs/team.md shows the same layout on separate hosts):
