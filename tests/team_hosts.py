@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -264,9 +265,26 @@ class Team:
             time.sleep(2)
 
     def logs_text(self, flow_run_id: str) -> str:
-        logs = self.api("POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}},
-                                                 "sort": "TIMESTAMP_ASC", "limit": 200})
-        return "\n".join(entry["message"] for entry in logs)
+        messages: list[str] = []
+        while True:  # the API answers at most 200 entries at a time
+            page = self.api("POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}},
+                                                     "sort": "TIMESTAMP_ASC", "limit": 200, "offset": len(messages)})
+            messages += [entry["message"] for entry in page]
+            if len(page) < 200:
+                return "\n".join(messages)
+
+    def wait_log(self, flow_run_id: str, pattern: str, timeout: float = 120) -> re.Match:
+        """The first match of ``pattern`` in the flow run's logs (they reach the API a little after the
+        state does: a finished run's last lines may still be on their way)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.logs_text(flow_run_id)
+            found = re.search(pattern, text)
+            if found:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not in the logs of flow run {flow_run_id}:\n{text[-4000:]}")
+            time.sleep(2)
 
     def prefect_logs_of(self, flow_run_ids: list[str]) -> str:
         return "\n".join(self.logs_text(i) for i in flow_run_ids)

@@ -146,7 +146,7 @@ def test_each_worker_of_the_pool_takes_a_different_flow_run(team):
     runs = [team.run_deployment(CHECK, {"peers": 2, "batch": "e2e"}, tags=["batch:e2e"]) for _ in range(2)]
     for run in runs:
         team.wait_state(run, {"COMPLETED"}, timeout=600)
-    seen = [json.loads(re.search(r"\{.*\"worker\".*\}", team.logs_text(run)).group(0)) for run in runs]
+    seen = [json.loads(team.wait_log(run, r"\{.*\"worker\".*\}").group(0)) for run in runs]
     assert sorted(s["worker"] for s in seen) == ["gpu-a", "gpu-b"], seen
     for s in seen:  # each ran in its own host's folder, in a fresh clone, and reached the servers
         assert s["cwd"].startswith(str(team.hosts[s["worker"]].root / "runs")) and s["cwd"].endswith("/pokediff")
@@ -180,28 +180,24 @@ def test_nightly_run_queues_the_second_and_resumes_on_another_worker_after_a_hos
     # a second nightly run now: the deployment's concurrency limit holds it while the first trains
     second = team.run_deployment(NIGHTLY, {"train_processes": 2})
     team.wait_state(second, {"AwaitingConcurrencySlot"}, timeout=300)
-    deadline = time.monotonic() + 300
-    while "checkpoint at step" not in (first_logs := team.logs_text(first)):
-        assert time.monotonic() < deadline, first_logs[-3000:]
-        time.sleep(1)
-    pushed = re.search(r"checkpoint at step (\d+) pushed to MLflow run (\w+)", first_logs)
+    pushed = team.wait_log(first, r"checkpoint at step (\d+) pushed to MLflow run (\w+)", timeout=300)
     assert team.flow_run(first)["state"]["type"] == "RUNNING"
     assert team.flow_run(second)["state"]["name"] == "AwaitingConcurrencySlot"  # not running beside it
     _timed(team, "nightly run 1 (until its host dies)", "prefect deployment run 'pokediff-team-pipeline/"
            "team-nightly-train'", t0, f"MLflow: run {pushed.group(2)} RUNNING, checkpoint step {pushed.group(1)}")
 
-    # the host dies; the run is marked Crashed (what Prefect's zombie-run automation does, docs/team.md),
-    # which frees the deployment's slot
+    # the host dies; someone marks its run Crashed (`make team-crashed RUN=...`; or Prefect's zombie-run
+    # automation, docs/team.md), which frees the deployment's slot
     assert host.crash() > 0
-    team.api("POST", f"/flow_runs/{first}/set_state",
-             {"state": {"type": "CRASHED", "name": "Crashed", "message": "worker host lost"}, "force": True})
+    marked = team.hosts["laptop"].run([*TEAM, "mark-crashed", first], cwd=team.clone)
+    assert "Crashed (was Running)" in marked.stdout
     t0 = time.monotonic()
     done = team.wait_state(second, {"COMPLETED"}, timeout=1200)
+    summary = team.wait_log(second, r"team pipeline done on (\S+): experiment (\S+) pushed, MLflow run (\w+), "
+                                    r"model v(\d+), FID ([\d.]+)")
     logs = team.logs_text(second)
     resumed = re.search(r"resuming MLflow run (\w+) from its pushed checkpoint at step (\d+)", logs)
-    summary = re.search(r"team pipeline done on (\S+): experiment (\S+) pushed, MLflow run (\w+), model v(\d+), "
-                        r"FID ([\d.]+)", logs)
-    assert resumed and summary, logs[-5000:]
+    assert resumed, logs[-5000:]
     other = "gpu-b" if host.name == "gpu-a" else "gpu-a"
     assert summary.group(1) == other
     assert resumed.group(1) == pushed.group(2) == summary.group(3)  # one MLflow run across both workers

@@ -6,6 +6,7 @@
     dvc-remote                make POKEDIFF_DVC_REMOTE this checkout's DVC remote (.dvc/config.local)
     pull                      dvc remote + `dvc pull --allow-missing` (a deployment's pull step)
     deploy                    create the work pools prefect-team.yaml names (if missing), deploy its deployments
+    mark-crashed FLOW_RUN_ID  a flow run whose worker died: Crashed, which frees its deployment's slot
     deploy-commit             check HEAD can be deployed, push its data; print its sha (a build step)
     stack up|down|status      the team's servers on this machine (make team-up / make team-down)
     stack start|stop|restart SERVICE   one of them (postgres, mlflow, prefect); the others keep running
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     deploy = sub.add_parser("deploy", help="create the work pools (if missing) and deploy prefect-team.yaml")
     deploy.add_argument("--prefect-file", default="prefect-team.yaml")
     sub.add_parser("deploy-commit", help="check HEAD is deployable, push its data, print its sha")
+    crashed = sub.add_parser("mark-crashed", help="a flow run whose worker died -> Crashed (frees its slot)")
+    crashed.add_argument("flow_run_id")
     stack = sub.add_parser("stack", help="the team's servers on this machine")
     stack.add_argument("action", choices=("up", "down", "status", "start", "stop", "restart", "add-user"))
     stack.add_argument("name", nargs="?", help="add-user: the login name; start/stop/restart: postgres, mlflow "
@@ -86,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
         for pool in _work_pools(Path(args.prefect_file)):
             _ensure_work_pool(pool)
         _exec(["prefect", "--no-prompt", "deploy", "--all", "--prefect-file", args.prefect_file])
+    if args.command == "mark-crashed":
+        settings.check_prefect() or settings.require("PREFECT_API_URL")
+        print(_mark_crashed(args.flow_run_id))
+        return 0
     if args.command == "worker":
         settings.check_prefect() or settings.require("PREFECT_API_URL")
         settings.check_mlflow() or settings.require("MLFLOW_TRACKING_URI")
@@ -138,6 +145,31 @@ def _stack(args: argparse.Namespace) -> int:
         print(f"MLflow login {args.name!r}: its MLFLOW_TRACKING_USERNAME/PASSWORD lines are in {path} (mode 600); "
               "put them into that machine's team.env")
     return 0
+
+
+def _mark_crashed(flow_run_id: str) -> str:
+    """A flow run left Running by a worker that died (its host lost, the process killed) holds its
+    deployment's concurrency slot until its lease runs out (5 minutes) and shows as Running for ever;
+    Crashed releases the slot, and the next run resumes from its last pushed checkpoint."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    try:
+        run_id = UUID(flow_run_id)
+    except ValueError:
+        raise settings.TeamSettingsError(f"mark-crashed: {flow_run_id!r} is not a flow run id") from None
+    with get_client(sync_client=True) as client:
+        try:
+            state = client.read_flow_run(run_id).state
+        except ObjectNotFound:
+            raise settings.TeamSettingsError(f"mark-crashed: no flow run {run_id} on this Prefect server") from None
+        if state is not None and state.is_final():
+            return f"flow run {run_id} is already {state.name}: left as it is"
+        client.set_flow_run_state(run_id, Crashed(message="marked Crashed: its worker is gone"), force=True)
+    return f"flow run {run_id}: Crashed (was {state.name if state else 'without a state'})"
 
 
 def _work_pools(prefect_file: Path) -> list[str]:
