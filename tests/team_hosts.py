@@ -174,15 +174,18 @@ class Host:
         return hit
 
 
-def allow_others_in(path: Path) -> None:
-    """PostgreSQL runs as an unprivileged user: it must be able to reach the state folder under pytest's
-    private temp root (mode 0700). The test's own folders get o+x (pytest makes its root private again at
-    its next start)."""
-    top = Path(tempfile.gettempdir()).resolve()
-    for folder in (path.resolve(), *path.resolve().parents):
-        if folder == top or top not in folder.parents:
-            break
-        folder.chmod(folder.stat().st_mode | 0o001)
+@contextlib.contextmanager
+def team_root():
+    """The folder of all hosts. PostgreSQL runs as an unprivileged user, which must be able to reach its
+    cluster: pytest's own temp root is private (0700), and a concurrent pytest session makes it private
+    again at any time, so the team lives in a folder of its own in the system's temp folder (0711),
+    removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="pokediff-team-"))
+    root.chmod(0o711)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,6 +288,12 @@ class Team:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{pattern!r} not in the logs of flow run {flow_run_id}:\n{text[-4000:]}")
             time.sleep(2)
+
+    def with_subflows(self, flow_run_id: str) -> list[str]:
+        """The flow run and its subflow runs (the stages' output is logged in the pipeline subflow's)."""
+        children = self.api("POST", "/flow_runs/filter",
+                            {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}})
+        return [flow_run_id] + [child["id"] for child in children]
 
     def prefect_logs_of(self, flow_run_ids: list[str]) -> str:
         return "\n".join(self.logs_text(i) for i in flow_run_ids)

@@ -33,7 +33,7 @@ import pytest
 from PIL import Image
 
 from pokediff.config import load_params, overlay_overrides, write_overrides
-from team_hosts import PY, TINY_RECIPE, Host, Network, Team, allow_others_in, free_port, project_checkout
+from team_hosts import PY, TINY_RECIPE, Host, Network, Team, free_port, project_checkout, team_root
 
 pytestmark = pytest.mark.slow
 HOSTS = ["server", "laptop", "gpu-a", "gpu-b", "mate"]
@@ -49,9 +49,12 @@ def _timed(team: Team, step: str, command: str, started: float, seen: str) -> No
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory):
-    root = tmp_path_factory.mktemp("team")
-    allow_others_in(root)
+def team():
+    with team_root() as root:
+        yield from _team(root)
+
+
+def _team(root: Path):
     net = Network(HOSTS)
     net.up()
     if net.note:
@@ -202,11 +205,12 @@ def test_nightly_run_queues_the_second_and_resumes_on_another_worker_after_a_hos
     assert summary.group(1) == other
     assert resumed.group(1) == pushed.group(2) == summary.group(3)  # one MLflow run across both workers
     assert int(resumed.group(2)) >= step_frozen >= 4
-    assert "POKEDIFF_TRAIN_PROCESSES=2: running on 2 processes" in logs
+    stages = team.prefect_logs_of(team.with_subflows(second))  # the stages log in the pipeline subflow
+    assert "POKEDIFF_TRAIN_PROCESSES=2: running on 2 processes" in stages
     assert "pushed outputs to the DVC remote and experiment" in logs
     team.results.update(run_id=summary.group(3), experiment=summary.group(2), version=summary.group(4),
                         fid=float(summary.group(5)), resumed_step=int(resumed.group(2)),
-                        flow_runs=[first, second], worker=other, second_state=done["state"]["name"])
+                        flow_runs=team.with_subflows(first) + team.with_subflows(second), worker=other, second_state=done["state"]["name"])
     _timed(team, f"nightly run 2 on {other} (resumed, 2 torchrun processes)", "(queued behind run 1)", t0,
            f"experiment {summary.group(2)} on the git remote; FID {summary.group(5)}; model v{summary.group(4)}")
 
@@ -272,7 +276,7 @@ def test_teammate_sees_the_run_pulls_the_model_and_samples_the_champion(team):
     assert view["tags"]["pokediff.pushed_checkpoint_step"]
     steps = view["loss_steps"]  # the curve runs on from where the killed worker's checkpoint was
     assert steps[-1] == 60 and min(steps) <= results["resumed_step"] < max(steps)
-    assert {"model", "pushed-checkpoint"} <= set(view["artifacts"])
+    assert {"checkpoints", "pushed-checkpoint"} <= set(view["artifacts"])
     _timed(team, "teammate: MLflow (logged in as alice)", "MlflowClient().get_run / get_model_version_by_alias",
            t0, f"run FINISHED, fid {view['fid']:.2f}, one training run, champion v{view['champion_version']}")
 
