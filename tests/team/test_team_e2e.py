@@ -210,7 +210,8 @@ def test_nightly_run_queues_the_second_and_resumes_on_another_worker_after_a_hos
     assert "pushed outputs to the DVC remote and experiment" in logs
     team.results.update(run_id=summary.group(3), experiment=summary.group(2), version=summary.group(4),
                         fid=float(summary.group(5)), resumed_step=int(resumed.group(2)),
-                        flow_runs=team.with_subflows(first) + team.with_subflows(second), worker=other, second_state=done["state"]["name"])
+                        flow_runs=team.with_subflows(first) + team.with_subflows(second), worker=other,
+                        second_state=done["state"]["name"])
     _timed(team, f"nightly run 2 on {other} (resumed, 2 torchrun processes)", "(queued behind run 1)", t0,
            f"experiment {summary.group(2)} on the git remote; FID {summary.group(5)}; model v{summary.group(4)}")
 
