@@ -192,7 +192,7 @@ def pokediff_team_pipeline(overrides: list[str] | None = None, committed_recipe:
     committed_recipe:  train the committed params.yaml only (the nightly run)
     train_processes:   torchrun processes for the train stage on this worker (POKEDIFF_TRAIN_PROCESSES)
     """
-    from pokediff.training.launch import MAX_PROCESSES, PROCESSES_VAR
+    from pokediff.launch import MAX_PROCESSES, PROCESSES_VAR
 
     logger = get_run_logger()
     if not 1 <= train_processes <= MAX_PROCESSES:

@@ -45,15 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pokediff.config import load_params
-    from pokediff.training.launch import requested_processes, run_under_torchrun
-
-    processes = requested_processes()  # POKEDIFF_TRAIN_PROCESSES: the same command, under torchrun
-    if processes > 1:
-        return run_under_torchrun(processes)
+    from pokediff.launch import requested_processes, run_under_torchrun
 
     flags = {"train.steps": args.steps, "train.batch_size": args.batch_size, "train.lr": args.lr,
              "train.out_dir": args.out_dir}
     params = load_params(args.params, args.overrides, flags)  # validated before any work (and before torch)
+    processes = requested_processes()  # POKEDIFF_TRAIN_PROCESSES: this same command again, under torchrun
+    if processes > 1:
+        return run_under_torchrun(processes)
 
     from pokediff.devices import resolve_device
     from pokediff.errors import PokediffError, UsageError, describe_os_error, os_error_in_chain

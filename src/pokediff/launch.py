@@ -2,7 +2,8 @@
 
 POKEDIFF_TRAIN_PROCESSES=N (N > 1) makes `pokediff train ...` start itself again under torchrun:
 `python -m torch.distributed.run --standalone --nproc-per-node N -m pokediff train ...`, N processes
-on this machine (gloo on CPUs, nccl on GPUs; see training/distributed.py). The DVC stage's command stays
+on this machine (gloo on CPUs, nccl on GPUs; see training/distributed.py; this module stays free of torch so that
+`pokediff train` checks its params before loading it). The DVC stage's command stays
 `pokediff train --auto-resume`, and its result does not depend on N: every rank draws the same global
 batch and DDP averages the gradients, so N processes train the same model as one (a 2-process test
 checks losses and weights). A Prefect flow sets the variable for a run (the team flow's train_processes).
