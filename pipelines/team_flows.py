@@ -184,11 +184,12 @@ def _git_origin() -> str:
 # Flows
 # ----------------------------------------------------------------------------------------------
 @flow(name="pokediff-team-pipeline", log_prints=True)
-def pokediff_team_pipeline(overrides: list[str] | None = None, committed_recipe: bool = True,
-                           train_processes: int = 1):
+def pokediff_team_pipeline(overrides: list[str] | None = None, params_file: str | None = None,
+                           committed_recipe: bool = True, train_processes: int = 1):
     """The pipeline on a worker, resumable across workers, its results pushed for the team.
 
     overrides:         params as "section.key=value" (only with committed_recipe=false)
+    params_file:       a committed overlay of params.yaml, e.g. configs/cpu-small.yaml (overrides win)
     committed_recipe:  train the committed params.yaml only (the nightly run)
     train_processes:   torchrun processes for the train stage on this worker (POKEDIFF_TRAIN_PROCESSES)
     """
@@ -198,6 +199,13 @@ def pokediff_team_pipeline(overrides: list[str] | None = None, committed_recipe:
     if not 1 <= train_processes <= MAX_PROCESSES:
         return Failed(message=f"invalid flow parameter: train_processes={train_processes} (1 to {MAX_PROCESSES})")
     overrides = list(overrides or [])
+    if params_file:
+        from pokediff.config import ConfigError, overlay_overrides
+
+        try:
+            overrides = overlay_overrides(params_file) + overrides
+        except (ConfigError, OSError) as exc:
+            return Failed(message=f"invalid flow parameter: params_file: {exc}".splitlines()[0])
     problem = check_overrides(overrides)
     if problem:
         return Failed(message=problem)

@@ -329,7 +329,8 @@ def test_no_password_reaches_logs_prefect_mlflow_or_git(team):
         assert text, where
         for secret in secrets:
             assert secret not in text, f"a password appears in {where}"
-    assert "team.env" not in places["git remote (all refs, all files)"]
+    committed = team.hosts["laptop"].run([*GIT, "--git-dir", bare, "log", "--all", "--name-only", "--format="]).stdout
+    assert not {"team.env", ".team/client.env"} & set(committed.split())  # settings files never committed
 
 
 # ----------------------------------------------------------------------------------------------
