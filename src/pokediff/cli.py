@@ -21,6 +21,7 @@ import traceback
 
 from pokediff import env
 from pokediff.errors import PokediffError, describe_os_error, one_line
+from pokediff.team import settings as team_settings
 
 # subcommand -> (module under pokediff.stages, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
     try:
+        team_settings.load()  # this machine's MLflow server and logins, if it has any (team.env)
         _resolve_params(args)
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

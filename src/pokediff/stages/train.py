@@ -22,6 +22,7 @@ from pathlib import Path
 from pokediff.cli import add_common_arguments
 from pokediff.config import load_params
 from pokediff.errors import PokediffError, UsageError, describe_os_error, os_error_in_chain
+from pokediff.launch import requested_processes, run_under_torchrun
 from pokediff.locks import OutDirLock
 
 
@@ -50,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     flags = {"train.steps": args.steps, "train.batch_size": args.batch_size, "train.lr": args.lr,
              "train.out_dir": args.out_dir}
     params = load_params(args.params, args.overrides, flags)  # validated before any work (and before torch)
+    processes = requested_processes()  # POKEDIFF_TRAIN_PROCESSES: this same command again, under torchrun
+    if processes > 1:
+        return run_under_torchrun(processes)
 
     # torch and the training code (seconds to import) only once the arguments and params are valid
     from pokediff.devices import resolve_device

@@ -20,6 +20,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 
 from pokediff.errors import PokediffError, shorten
+from pokediff.team.settings import named, redact_url
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # relative to the project root (see project_root)
 STORE_DIR = "mlruns"
@@ -126,9 +127,7 @@ def configure(experiment: str = EXPERIMENT_NAME) -> str:
         with quick_http():
             found = mlflow.get_experiment_by_name(experiment)
     except Exception as exc:  # requests' ConnectionError, MlflowException, OSError, ...
-        raise TrackingError(
-            f"MLflow store {uri} not reachable ({error_words(exc)}); start the server, unset "
-            "MLFLOW_TRACKING_URI to use the project store, or pass --no-track") from None
+        raise TrackingError(_store_failure(uri, exc)) from None
     if found is not None:
         if local:
             _relocate_if_moved(store, found.artifact_location)
@@ -157,6 +156,26 @@ def error_words(exc: BaseException) -> str:
 def link_tags() -> dict[str, str]:
     """Tags that tie a run to the Prefect flow run and the DVC experiment that produced it."""
     return {tag: os.environ[var] for var, tag in LINK_ENV.items() if os.environ.get(var)}
+
+
+def _store_failure(uri: str, exc: BaseException) -> str:
+    """One line for a store that refused or did not answer: the setting to fix, no secret (the URI is
+    shown without any user:password part)."""
+    shown = redact_url(uri)
+    code = getattr(exc, "error_code", None)
+    if code == "UNAUTHENTICATED":
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if not user:
+            return (f"{named('MLFLOW_TRACKING_USERNAME')}: not set, and the MLflow server {shown} asks for a login; "
+                    "set it and MLFLOW_TRACKING_PASSWORD (environment or team.env), or pass --no-track")
+        return (f"{named('MLFLOW_TRACKING_PASSWORD')}: the MLflow server {shown} refused the login of user "
+                f"{user!r}; fix MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, or pass --no-track")
+    if code == "PERMISSION_DENIED":
+        return (f"{named('MLFLOW_TRACKING_USERNAME')}: user {os.environ.get('MLFLOW_TRACKING_USERNAME')!r} may not "
+                f"use experiment {EXPERIMENT_NAME!r} on {shown}; ask the server's admin for access")
+    return (f"MLflow store {shown} not reachable ({error_words(exc)}); start the server, unset "
+            "MLFLOW_TRACKING_URI to use the project store, or pass --no-track")
+
 
 
 def _relocate_if_moved(store: Path, artifact_location: str) -> None:
