@@ -122,11 +122,11 @@ def read_manifest(path: Path) -> pd.DataFrame:
     characters or more than MAX_MANIFEST_ROWS rows; OSError when it cannot be read."""
     import pandas as pd  # local: keeps ingest worker processes free of the pandas import
 
-    text = _manifest_text(Path(path))
-    _check_manifest_rows(text, path)
+    data = _manifest_bytes(Path(path))
+    _check_manifest_rows(data, path)
     try:
         frame = pd.read_csv(
-            io.StringIO(text),
+            io.BytesIO(data),
             dtype={"path": str, "source": str, "form": str, "variant": str, "mode": str, "sha256": str},
             keep_default_na=False,
             na_values={"species_id": [""], "mean": [""], "std": [""], "background_fraction": [""]},
@@ -139,22 +139,25 @@ def read_manifest(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _manifest_text(path: Path) -> str:
+def _manifest_bytes(path: Path) -> bytes:
+    """The file's bytes, at most MAX_MANIFEST_BYTES of UTF-8."""
     with open(path, "rb") as handle:
         data = handle.read(MAX_MANIFEST_BYTES + 1)
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{path}: larger than {MAX_MANIFEST_BYTES:,} bytes; expected a manifest of at most "
                             f"{MAX_MANIFEST_ROWS:,} rows")
     try:
-        return data.decode("utf-8")
+        data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start:,}); "
                             "expected the CSV that `pokediff ingest` writes") from None
+    return data
 
 
-def _check_manifest_rows(text: str, path: Path) -> None:
-    """The structure pandas would parse, checked row by row with the csv module (nothing kept)."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+def _check_manifest_rows(data: bytes, path: Path) -> None:
+    """The structure pandas would parse, checked row by row with the csv module (nothing kept; the
+    text is decoded in chunks, so no copy of the whole file is made)."""
+    reader = csv.reader(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", newline=""), strict=True)
     try:
         header = next(reader, None)
         if not header or "path" not in header:
