@@ -147,23 +147,34 @@ class ValidateConfig(_Section):
 # Model and diffusion
 # ----------------------------------------------------------------------------------------------
 class ModelConfig(_Section):
-    """U-Net noise predictor. Saved inside every checkpoint so a checkpoint rebuilds its model."""
+    """U-Net noise predictor. Saved inside every checkpoint so a checkpoint rebuilds its model.
 
-    in_channels: int = Field(3, ge=1)
-    base_channels: int = Field(64, ge=8)
-    channel_mults: tuple[int, ...] = (1, 2, 4, 8)
-    num_res_blocks: int = Field(2, ge=1)
+    Every key is bounded above as well: a model file's config is read back from the file, and building
+    the U-Net walks every level and block it names (num_res_blocks: 10,000 took 2 minutes and 2 GB
+    before the weights could be compared with it). The bounds are far above any useful 64-1024 px model."""
+
+    in_channels: int = Field(3, ge=1, le=16)
+    base_channels: int = Field(64, ge=8, le=1024)
+    channel_mults: tuple[int, ...] = (1, 2, 4, 8)  # at most 8 levels, each at most 16x base_channels
+    num_res_blocks: int = Field(2, ge=1, le=16)
     attention_resolutions: tuple[int, ...] = (16, 8)  # feature-map sizes that get self-attention
-    head_channels: int = Field(64, ge=8)  # channels per attention head
+    head_channels: int = Field(64, ge=8, le=1024)  # channels per attention head
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    resolution: int = Field(64, ge=8)  # input size; used to place attention levels
-    groups: int = Field(32, ge=1)  # GroupNorm groups (clamped to divide the channel count)
+    resolution: int = Field(64, ge=8, le=1024)  # input size; used to place attention levels
+    groups: int = Field(32, ge=1, le=1024)  # GroupNorm groups (clamped to divide the channel count)
 
     @field_validator("channel_mults")
     @classmethod
     def _positive_mults(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(m < 1 for m in v):
-            raise ValueError(f"must be a non-empty list of positive integers, got {list(v)}")
+        if not v or len(v) > 8 or any(not 1 <= m <= 16 for m in v):
+            raise ValueError("must be a list of 1 to 8 integers from 1 to 16")
+        return v
+
+    @field_validator("attention_resolutions")
+    @classmethod
+    def _few_attention_levels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) > 8 or any(not 1 <= r <= 1024 for r in v):
+            raise ValueError("must be a list of at most 8 sizes from 1 to 1024")
         return v
 
     @model_validator(mode="after")
@@ -454,7 +465,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any])
     return tree
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+def format_errors(exc: ValidationError, source: str) -> str:
     """One line: ``<file>: <key>: <what> (got <value>)``, the first few keys, then ``(+N more)``."""
     parts = []
     errors = exc.errors()
@@ -480,7 +491,7 @@ def params_from_dict(tree: dict[str, Any], source: str = "params") -> Params:
     try:
         return Params.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(format_errors(exc, source)) from None
 
 
 def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | dict[str, Any] = (),

@@ -20,7 +20,7 @@ from pokediff.data.fetch import matches_pin
 from pokediff.data.ingest import ingest
 from pokediff.data.sources import SourceError
 from pokediff.data.sprites import TARBALL_NAME
-from pokediff.errors import PokediffError
+from pokediff.errors import PokediffError, one_line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         source, sprite_layout = resolve_source(args.source or data.source, Path(args.raw_dir or data.raw_dir))
         report = ingest(source, out_dir, data, sprite_layout=sprite_layout, progress=not args.quiet)
     except PokediffError as exc:  # IngestError, SourceError, LockedError (another ingest writes here), ...
-        print(f"pokediff ingest: {exc}", file=sys.stderr)
+        print(f"pokediff ingest: {one_line(str(exc))}", file=sys.stderr)
         return 1
     summary = report.summary
     per_variant = ", ".join(f"{k} {v}" for k, v in summary["images_per_variant"].items())

@@ -19,6 +19,8 @@ from pathlib import Path
 from pokediff.cli import add_common_arguments, add_inception_arguments
 from pokediff.config import load_params
 from pokediff.data.fetch import file_sha256
+from pokediff.errors import PokediffError
+from pokediff.limits import read_small_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +101,12 @@ def _log_evaluation(params, metrics: dict, metrics_path: Path, samples_dir: Path
         return
     sample_dir = samples_dir.parent
     sample_info = sample_dir / "sample_info.json"
-    info = json.loads(sample_info.read_text()) if sample_info.exists() else {}
+    try:
+        info = read_small_json(sample_info) if sample_info.exists() else {}
+    except ValueError as exc:
+        raise PokediffError(str(exc)) from None
+    if not isinstance(info, dict):
+        raise PokediffError(f"{sample_info}: expected a JSON object, as `pokediff sample` writes")
     sample_params = {f"sample.{k}": v for k, v in params.sample.model_dump(mode="json").items()}
     # What the sample stage really used (flags such as --sampler override params.yaml there).
     sample_params.update({f"sample.{k}": info[k] for k in ("sampler", "steps", "eta", "spacing", "num_images", "seed")
