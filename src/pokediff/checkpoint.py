@@ -20,20 +20,18 @@ Two kinds of file:
                          and the served model read; one self-contained file, so weights and config
                          cannot drift apart.
 
-Any other pickle is refused without being unpickled. Atomic write: save to a temporary file in the
-same directory, fsync, then os.replace; a crash mid-write leaves the previous file intact and a
-reader never sees a half-written checkpoint.
+Any other pickle is refused without being unpickled. Atomic write (pokediff.files): save to a
+temporary file in the same directory, fsync, then os.replace; a crash mid-write leaves the previous
+file intact and a reader never sees a half-written checkpoint. Nothing holding NaN or inf (weights,
+EMA, optimizer moments) is written (``check_finite``): a checkpoint on disk is always a good state.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import struct
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +43,7 @@ from torch import nn
 
 from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
 from pokediff.errors import PokediffError, shorten
+from pokediff.files import atomic_write, write_atomic
 from pokediff.models.unet import UNet
 from pokediff.pixels import update_pixel_hash
 
@@ -63,6 +62,14 @@ class CheckpointError(PokediffError, RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the requested run."""
 
 
+class NonFiniteStateError(CheckpointError):
+    """Weights, EMA or optimizer moments hold NaN or inf: such a state is never written as a checkpoint."""
+
+    def __init__(self, path: Path, count: int, where: str):
+        self.path, self.count, self.where = path, count, where
+        super().__init__(f"{path}: not written: {count} non-finite value(s) (NaN or inf), the first in {where}")
+
+
 class UnsafeCheckpointError(CheckpointError):
     """A pickle holding Python objects (not pokediff's format), refused without being unpickled."""
 
@@ -70,23 +77,6 @@ class UnsafeCheckpointError(CheckpointError):
 # ----------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------
-def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """write(tmp) into a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """torch.save(obj) atomically. ``obj`` must hold only what weights_only=True reads back."""
 
@@ -94,7 +84,33 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write, durable=True)
+
+
+def check_finite(state: Any, path: str | Path) -> None:
+    """NonFiniteStateError unless every floating-point tensor in ``state`` (nested dicts and lists of
+    tensors, e.g. {"model": ..., "ema": ..., "optimizer": ...}) is finite. One host sync for all of them."""
+    tensors: list[tuple[str, torch.Tensor]] = []
+
+    def collect(value: Any, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() or value.is_complex():
+                tensors.append((where, value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                collect(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                collect(item, f"{where}[{i}]")
+
+    collect(state, "")
+    if not tensors:
+        return
+    with torch.no_grad():
+        bad = torch.stack([(~torch.isfinite(t.detach())).sum() for _, t in tensors]).cpu()  # one sync
+    if int(bad.sum()):
+        first = next(where for (where, _), n in zip(tensors, bad.tolist()) if n)
+        raise NonFiniteStateError(Path(path), int(bad.sum()), first)
 
 
 def save_model_file(path: str | Path, model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor] | None,
@@ -121,7 +137,8 @@ def save_model_file(path: str | Path, model_state: dict[str, torch.Tensor], ema_
         save_file(tensors, tmp, metadata=metadata)
         _sort_safetensors_metadata(tmp)
 
-    return _atomic_write(path, write)
+    check_finite({"model": model_state, "ema": ema_state or {}}, path)
+    return atomic_write(path, write, durable=True)
 
 
 def _sort_safetensors_metadata(path: Path) -> None:
@@ -150,10 +167,7 @@ def _compact_json(value: Any) -> str:
 
 def write_sidecar(checkpoint: Path, info: dict) -> None:
     """checkpoints/last.json next to last.pt: step and fingerprint, written atomically."""
-    sidecar = checkpoint.with_suffix(".json")
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps(info) + "\n")
-    os.replace(tmp, sidecar)
+    write_atomic(checkpoint.with_suffix(".json"), json.dumps(info) + "\n")
 
 
 def read_sidecar(checkpoint: Path) -> dict:
@@ -330,6 +344,7 @@ class TrainingState:
             "torch_version": str(torch.__version__),  # a plain str: weights_only=True refuses TorchVersion
             "fingerprint": self.fingerprint,
         }
+        check_finite({k: payload[k] for k in ("model", "ema", "optimizer")}, path)
         atomic_torch_save(payload, path)
         # A small sidecar, so deciding whether to resume does not mean loading a large checkpoint.
         write_sidecar(path, {"step": step, "fingerprint": self.fingerprint})

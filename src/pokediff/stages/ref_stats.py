@@ -35,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data or params.data.out_dir)
     out = Path(args.out or cfg.ref_stats)
 
+    from pokediff.devices import resolve_device
     from pokediff.evaluation.reference import compute_reference_stats  # torch, Inception: seconds to import
+
+    resolve_device(cfg.device, "--device" if args.device else "score.device")  # DeviceError: exit 2, before any work
 
     start = time.perf_counter()
     try:

@@ -99,7 +99,7 @@ def load_for_sampling(checkpoint: str | None, model_uri: str | None, *, use_ema:
     from pokediff.checkpoint import load_model
     from pokediff.devices import resolve_device
 
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")  # DeviceError: one line, exit 2, before the model is read
     if model_uri:
         from pokediff.tracking.registry import download_model_file  # mlflow: seconds to import, only for --model
 

@@ -43,10 +43,12 @@ def run(args: argparse.Namespace) -> int:
 
     # torch and Inception (seconds to import) only once the arguments and params are valid
     from pokediff.data.image_folder import load_image_folder
+    from pokediff.devices import resolve_device
     from pokediff.evaluation.evaluator import FIDEvaluator
     from pokediff.evaluation.memorisation import memorisation_metrics, nearest_neighbours
     from pokediff.evaluation.report import write_metrics_json, write_nearest_csv
 
+    resolve_device(cfg.device, "--device" if args.device else "score.device")  # DeviceError: exit 2, before any work
     start = time.perf_counter()
     try:
         evaluator = FIDEvaluator(
