@@ -43,6 +43,7 @@ class Stopped(KeyboardInterrupt):
 
     def __init__(self, signum: int, message: str | None = None):
         self.signum = int(signum)
+        self.bare = message is None  # nobody has said yet what was kept (see ``explained``)
         self.message = f"stopped by {signal_name(signum)}" if message is None else message
         super().__init__(self.message)
 

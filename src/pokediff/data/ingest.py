@@ -72,7 +72,7 @@ from pokediff.data.sources import (
     open_source,
 )
 from pokediff.errors import PokediffError
-from pokediff.locks import LOCK_NAME, OutDirLock
+from pokediff.locks import LOCK_NAME, OutDirLock, is_lock_file
 
 IGNORED_NAME = "ignored.csv"
 OUTPUT_FILES = (MANIFEST_NAME, QUARANTINE_NAME, IGNORED_NAME, SUMMARY_NAME)
@@ -210,7 +210,7 @@ def _check_out_dir(out_dir: Path) -> None:
     for child in sorted(out_dir.iterdir()):
         if child.name in _LEFT_ALONE:
             continue
-        if child.name not in _OURS:
+        if child.name not in _OURS and not is_lock_file(child.name):
             raise _foreign(child, out_dir)
         if child.is_symlink():
             raise IngestError(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pokediff.files import write_atomic
 from pokediff.pixels import pixel_sha256
 
 if TYPE_CHECKING:
@@ -127,4 +128,4 @@ def read_summary(dataset_dir: Path) -> dict[str, Any] | None:
 
 def write_json(data: dict[str, Any], path: Path) -> None:
     """Sorted keys, fixed indentation, trailing newline: stable bytes for DVC and diffs."""
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -23,9 +23,11 @@ import json
 import os
 from pathlib import Path
 
+from pokediff import stopping
 from pokediff.cli import add_common_arguments
 from pokediff.config import load_params
 from pokediff.errors import PokediffError, describe_os_error, os_error_in_chain
+from pokediff.files import write_atomic
 from pokediff.locks import OutDirLock
 
 
@@ -63,11 +65,22 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_memory_check:  # seconds, nothing allocated: an OOM kill becomes a message
         check_training_fits(params.model, params.train, device, int(os.environ.get("WORLD_SIZE", "1")),
                             processes_sharing_memory(device))
-    rank = int(os.environ.get("RANK", "0"))  # set by torchrun
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
+    # Under torchrun the launcher owns the hard stop (it forwards a signal to every rank, signals the
+    # others again when one exits, and kills what has not stopped within its timeout): each rank only
+    # records signals and stops at the loop's next agreed step, so rank 0 always finishes recording
+    # the stop (checkpoint, MLflow, lock). A single process stops at once outside the loop.
+    graceful = stopping.deferred(repeats_stop_at_once=False) if world > 1 else contextlib.nullcontext()
     # One writer per out-dir (rank 0 writes every file; the other ranks only compute).
-    with OutDirLock(params.train.out_dir, "train") if rank == 0 else contextlib.nullcontext():
+    with graceful, OutDirLock(params.train.out_dir, "train") if rank == 0 else contextlib.nullcontext():
         try:
             return _run_locked(args, params, device, rank)
+        except stopping.Stopped as stop:
+            if stop.bare:  # a signal outside the loop, where it stops at once
+                raise stop.explained(f"{stop.message} outside the training loop (setting up, or logging to MLflow "
+                                     f"after it); the files in {params.train.out_dir} are whole; "
+                                     f"{_how_to_continue(args)}") from None
+            raise
         except (OSError, RuntimeError) as exc:
             # A full disk inside torch.save names no file: say which run was writing.
             err, described = os_error_in_chain(exc), describe_os_error(exc)
@@ -133,7 +146,7 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
             "dataset_images": int(images.shape[0]),
         }
         metrics_path = out_dir / "train_metrics.json"
-        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        write_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
         if tracker is not None:  # summaries go to the run's description and JSON, not to metric charts
             version = tracker.finish(result.model_file, result.checkpoint,
                                      [result.log_file, metrics_path, result.model_file, eval_log.path],
@@ -141,15 +154,22 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
             if version is not None:
                 print(f"pokediff train: MLflow run {tracker.run_id}, registered model version {version}")
     print(f"pokediff train: {result.step} steps in {result.seconds:.1f} s; model -> {result.model_file}")
+    if stopping.pending() is not None:  # under torchrun, a signal that came after the last step
+        raise stopping.Stopped(stopping.pending(), "" if rank else
+                               f"stopped by {stopping.signal_name(stopping.pending())} after the run completed")
     return 0
+
+
+def _how_to_continue(args: argparse.Namespace) -> str:
+    return ("run the same command again to continue (--auto-resume)" if args.auto_resume else
+            "run the same command with --resume to continue")
 
 
 def _stopped_line(stop, args: argparse.Namespace) -> str:
     """Where a stopped run's work is and how to continue it (stop: a training.stop.TrainingStopped)."""
     from pokediff.stopping import signal_name
 
-    how = ("run the same command again to continue (--auto-resume)" if args.auto_resume else
-           "run the same command with --resume to continue")
+    how = _how_to_continue(args)
     if stop.step >= stop.steps:  # the signal came during the final save: the run itself is complete
         return (f"stopped by {signal_name(stop.signum)} after the last step ({stop.step}): {stop.checkpoint} and the "
                 f"model file are complete, the MLflow run is not; {how} and log it")
