@@ -63,11 +63,8 @@ class CheckpointError(PokediffError, RuntimeError):
 
 
 class NonFiniteStateError(CheckpointError):
-    """Weights, EMA or optimizer moments hold NaN or inf: such a state is never written as a checkpoint."""
-
-    def __init__(self, path: Path, count: int, where: str):
-        self.path, self.count, self.where = path, count, where
-        super().__init__(f"{path}: not written: {count} non-finite value(s) (NaN or inf), the first in {where}")
+    """Weights, EMA or optimizer moments hold NaN or inf: such a state is never written as a checkpoint,
+    nor resumed from."""
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -87,9 +84,10 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, write, durable=True)
 
 
-def check_finite(state: Any, path: str | Path) -> None:
+def check_finite(state: Any, path: str | Path, doing: str = "not written") -> None:
     """NonFiniteStateError unless every floating-point tensor in ``state`` (nested dicts and lists of
-    tensors, e.g. {"model": ..., "ema": ..., "optimizer": ...}) is finite. One host sync for all of them."""
+    tensors, e.g. {"model": ..., "ema": ..., "optimizer": ...}) is finite. One host sync for all of them.
+    ``doing`` words the message: "<path>: <doing>: N non-finite value(s) ..."."""
     tensors: list[tuple[str, torch.Tensor]] = []
 
     def collect(value: Any, where: str) -> None:
@@ -110,7 +108,8 @@ def check_finite(state: Any, path: str | Path) -> None:
         bad = torch.stack([(~torch.isfinite(t.detach())).sum() for _, t in tensors]).cpu()  # one sync
     if int(bad.sum()):
         first = next(where for (where, _), n in zip(tensors, bad.tolist()) if n)
-        raise NonFiniteStateError(Path(path), int(bad.sum()), first)
+        raise NonFiniteStateError(f"{path}: {doing}: {int(bad.sum())} non-finite value(s) (NaN or inf), the first "
+                                  f"in {first}")
 
 
 def save_model_file(path: str | Path, model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor] | None,
@@ -355,6 +354,8 @@ class TrainingState:
         is not a training checkpoint or was made with another model/diffusion config."""
         ckpt = load_file(path, map_location=self.generator.device)
         _check_resumable(ckpt, self.model_cfg, self.diffusion_cfg, path)
+        check_finite({k: ckpt.get(k) for k in ("model", "ema", "optimizer")}, path,
+                     "not a good state to resume from (start without --resume)")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])

@@ -185,7 +185,7 @@ class DiffusionConfig(_Section):
     timesteps: int = Field(1000, ge=2, le=100_000)
     prediction: Prediction = "v"
     loss_weighting: LossWeighting = "min_snr"
-    min_snr_gamma: float = Field(5.0, gt=0.0)
+    min_snr_gamma: float = Field(5.0, gt=0.0, le=1e6)  # min(SNR, gamma): 1e6 already clamps (almost) nothing
 
     @model_validator(mode="after")
     def _linear_needs_enough_steps(self) -> DiffusionConfig:
@@ -207,10 +207,10 @@ class TrainConfig(_Section):
 
     steps: int = Field(20_000, ge=1)
     batch_size: int = Field(128, ge=1)
-    lr: float = Field(3e-4, gt=0.0)
+    lr: float = Field(3e-4, gt=0.0, le=1.0)  # AdamW moves each weight by about lr per step: above 1 nothing trains
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = Field(500, ge=0)  # capped at steps // 5 (see effective_warmup_steps)
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=100.0)  # AdamW scales weights by 1 - lr * weight_decay
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW; each in [0, 1)
     grad_clip: float = Field(1.0, ge=0.0)  # 0 disables clipping
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
