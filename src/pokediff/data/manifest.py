@@ -3,7 +3,8 @@ and the pixel statistics the manifest records for each image (`pixel_stats`).
 
 The manifest is the contract between ingest, validate and training: one row per image, in the
 order training reads them. Files are written with the csv module and fixed formatting (no pandas
-float printing, no timestamps) so two ingests of the same source are byte-identical.
+float printing, no timestamps) so two ingests of the same source are byte-identical. Cells made from
+file names are neutralised for spreadsheets (pokediff.csv_cells) and restored by ``read_manifest``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pokediff.csv_cells import neutralise, restore
 from pokediff.files import write_atomic
 from pokediff.pixels import pixel_sha256
 
@@ -48,6 +50,7 @@ class ManifestRow:
 
 
 MANIFEST_COLUMNS = [f.name for f in fields(ManifestRow)]
+NAME_COLUMNS = ("source", "form")  # text taken from the source's file names
 
 # A pixel counts as background when no channel differs from the background colour by more than
 # this (0..255 scale). Lanczos leaves faint ringing next to edges; 8 keeps that out of the content.
@@ -92,6 +95,8 @@ def write_manifest(rows: list[ManifestRow], path: Path) -> None:
         for row in rows:
             record = asdict(row)
             record["species_id"] = "" if row.species_id is None else row.species_id
+            for column in NAME_COLUMNS:  # from file names: no spreadsheet formula (pokediff.csv_cells)
+                record[column] = neutralise(record[column])
             writer.writerow(record)
 
 
@@ -110,6 +115,9 @@ def read_manifest(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: missing column(s) {missing}; is this a pokediff manifest?")
     if "species_id" in frame.columns:
         frame["species_id"] = frame["species_id"].astype("Int64")
+    for column in NAME_COLUMNS:  # written neutralised for spreadsheets: read back as they were
+        if column in frame.columns:
+            frame[column] = frame[column].map(lambda cell: restore(cell) if isinstance(cell, str) else cell)
     return frame
 
 
@@ -117,7 +125,7 @@ def write_quarantine(rows: list[QuarantineRow], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["path", "reason"])
-        writer.writerows((row.path, row.reason) for row in rows)
+        writer.writerows((neutralise(row.path), neutralise(row.reason)) for row in rows)
 
 
 def read_summary(dataset_dir: Path) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pokediff.csv_cells import neutralise
 from pokediff.files import write_atomic
 
 
@@ -36,5 +37,5 @@ def write_nearest_csv(
     writer = csv.writer(text)
     writer.writerow(["sample", "nearest_reference", "distance", "below_train_nn_median"])
     for sample, dist, ref in rows:
-        writer.writerow([sample, ref, f"{dist:.4f}", int(dist < threshold)])
+        writer.writerow([neutralise(sample), neutralise(ref), f"{dist:.4f}", int(dist < threshold)])
     return write_atomic(path, text.getvalue())
