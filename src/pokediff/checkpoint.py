@@ -20,9 +20,10 @@ Two kinds of file:
                          and the served model read; one self-contained file, so weights and config
                          cannot drift apart.
 
-Any other pickle is refused without being unpickled. Atomic write: save to a temporary file in the
-same directory, fsync, then os.replace; a crash mid-write leaves the previous file intact and a
-reader never sees a half-written checkpoint.
+Any other pickle is refused without being unpickled. Atomic write (pokediff.files): save to a
+temporary file in the same directory, fsync, then os.replace; a crash mid-write leaves the previous
+file intact and a reader never sees a half-written checkpoint. Nothing holding NaN or inf (weights,
+EMA, optimizer moments) is written (``check_finite``): a checkpoint on disk is always a good state.
 
 Reading allocates only what the file's own config needs, checked before any tensor is read: the config
 is range-checked like params (config.ModelConfig bounds every key), the U-Net it describes is built on
@@ -38,12 +39,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import pickle
 import struct
-import tempfile
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,6 +54,7 @@ from torch import nn
 
 from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig, format_errors
 from pokediff.errors import PokediffError, shorten
+from pokediff.files import atomic_write, write_atomic
 from pokediff.limits import read_json_text, read_small_json, zip_directory_size
 from pokediff.models.unet import UNet
 from pokediff.pixels import update_pixel_hash
@@ -85,6 +84,11 @@ class CheckpointError(PokediffError, RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the requested run."""
 
 
+class NonFiniteStateError(CheckpointError):
+    """Weights, EMA or optimizer moments hold NaN or inf: such a state is never written as a checkpoint,
+    nor resumed from."""
+
+
 class UnsafeCheckpointError(CheckpointError):
     """A pickle holding Python objects (not pokediff's format), refused without being unpickled."""
 
@@ -92,23 +96,6 @@ class UnsafeCheckpointError(CheckpointError):
 # ----------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------
-def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """write(tmp) into a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """torch.save(obj) atomically. ``obj`` must hold only what weights_only=True reads back."""
 
@@ -116,7 +103,35 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write, durable=True)
+
+
+def check_finite(state: Any, path: str | Path, doing: str = "not written") -> None:
+    """NonFiniteStateError unless every floating-point tensor in ``state`` (nested dicts and lists of
+    tensors, e.g. {"model": ..., "ema": ..., "optimizer": ...}) is finite. One host sync for all of them.
+    ``doing`` words the message: "<path>: <doing>: N non-finite value(s) ..."."""
+    tensors: list[tuple[str, torch.Tensor]] = []
+
+    def collect(value: Any, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() or value.is_complex():
+                tensors.append((where, value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                collect(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                collect(item, f"{where}[{i}]")
+
+    collect(state, "")
+    if not tensors:
+        return
+    with torch.no_grad():
+        bad = torch.stack([(~torch.isfinite(t.detach())).sum() for _, t in tensors]).cpu()  # one sync
+    if int(bad.sum()):
+        first = next(where for (where, _), n in zip(tensors, bad.tolist()) if n)
+        raise NonFiniteStateError(f"{path}: {doing}: {int(bad.sum())} non-finite value(s) (NaN or inf), the first "
+                                  f"in {first}")
 
 
 def save_model_file(path: str | Path, model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor] | None,
@@ -143,7 +158,8 @@ def save_model_file(path: str | Path, model_state: dict[str, torch.Tensor], ema_
         save_file(tensors, tmp, metadata=metadata)
         _sort_safetensors_metadata(tmp)
 
-    return _atomic_write(path, write)
+    check_finite({"model": model_state, "ema": ema_state or {}}, path)
+    return atomic_write(path, write, durable=True)
 
 
 def _sort_safetensors_metadata(path: Path) -> None:
@@ -172,10 +188,7 @@ def _compact_json(value: Any) -> str:
 
 def write_sidecar(checkpoint: Path, info: dict) -> None:
     """checkpoints/last.json next to last.pt: step and fingerprint, written atomically."""
-    sidecar = checkpoint.with_suffix(".json")
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps(info) + "\n")
-    os.replace(tmp, sidecar)
+    write_atomic(checkpoint.with_suffix(".json"), json.dumps(info) + "\n")
 
 
 def read_sidecar(checkpoint: Path) -> dict:
@@ -431,6 +444,7 @@ class TrainingState:
             "torch_version": str(torch.__version__),  # a plain str: weights_only=True refuses TorchVersion
             "fingerprint": self.fingerprint,
         }
+        check_finite({k: payload[k] for k in ("model", "ema", "optimizer")}, path)
         atomic_torch_save(payload, path)
         # A small sidecar, so deciding whether to resume does not mean loading a large checkpoint.
         write_sidecar(path, {"step": step, "fingerprint": self.fingerprint})
@@ -441,6 +455,8 @@ class TrainingState:
         is not a training checkpoint or was made with another model/diffusion config."""
         ckpt = load_file(path, map_location=self.generator.device)
         _check_resumable(ckpt, self.model_cfg, self.diffusion_cfg, path)
+        check_finite({k: ckpt.get(k) for k in ("model", "ema", "optimizer")}, path,
+                     "not a good state to resume from (start without --resume)")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])

@@ -62,6 +62,9 @@ MAX_PARAMS_BYTES = 1 << 20  # params.yaml is ~3 KB; 1 MiB leaves room and bounds
 MAX_YAML_DEPTH = 32  # params nest 2 levels; deep nesting only serves to exhaust the recursion limit
 MAX_ERRORS_SHOWN = 3  # one line: the first few invalid keys, then "(+N more)"
 DEFAULTS = "none"  # --params none: the built-in defaults, no file
+# Seeds go to torch.Generator.manual_seed (64 bits) and numpy's default_rng; training adds a per-rank
+# offset to its seed, so seeds stay within 63 bits (the served model's requests use the same range).
+MAX_SEED = 2**63 - 1
 
 
 def _is_numeric(annotation: Any) -> bool:
@@ -81,8 +84,9 @@ def _contains_bool(value: Any) -> bool:
 
 
 class _Section(BaseModel):
-    # Unknown keys are errors: a typo in params.yaml must not be silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are errors: a typo in params.yaml must not be silently ignored. No float key has a
+    # use for inf or NaN (`train.lr=.inf` would train on NaN weights): they are refused everywhere.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -192,7 +196,7 @@ class DiffusionConfig(_Section):
     timesteps: int = Field(1000, ge=2, le=100_000)
     prediction: Prediction = "v"
     loss_weighting: LossWeighting = "min_snr"
-    min_snr_gamma: float = Field(5.0, gt=0.0)
+    min_snr_gamma: float = Field(5.0, gt=0.0, le=1e6)  # min(SNR, gamma): 1e6 already clamps (almost) nothing
 
     @model_validator(mode="after")
     def _linear_needs_enough_steps(self) -> DiffusionConfig:
@@ -214,10 +218,10 @@ class TrainConfig(_Section):
 
     steps: int = Field(20_000, ge=1)
     batch_size: int = Field(128, ge=1)
-    lr: float = Field(3e-4, gt=0.0)
+    lr: float = Field(3e-4, gt=0.0, le=1.0)  # AdamW moves each weight by about lr per step: above 1 nothing trains
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = Field(500, ge=0)  # capped at steps // 5 (see effective_warmup_steps)
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=100.0)  # AdamW scales weights by 1 - lr * weight_decay
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW; each in [0, 1)
     grad_clip: float = Field(1.0, ge=0.0)  # 0 disables clipping
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
@@ -226,7 +230,7 @@ class TrainConfig(_Section):
     compile: bool = False
     channels_last: bool = False
     hflip: bool = True
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(0, ge=0)  # 0 disables in-training FID
@@ -259,7 +263,7 @@ class SampleConfig(_Section):
     clip_x0: bool = True
     num_images: int = Field(2048, ge=1)  # what score.num_samples scores (FID needs thousands)
     batch_size: int = Field(256, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     use_ema: bool = True
     out_dir: str = "outputs/samples"
 
@@ -281,7 +285,7 @@ class ScoreConfig(_Section):
     ref_max_images: int = Field(0, ge=0)  # fixed-seed random subset of the training images; 0 = all
     ref_stats: str = "outputs/ref_stats/ref_stats.npz"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # auto = cuda if available
-    seed: int = 0  # reference subset and KID subset draws
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # reference subset and KID subset draws
     out_dir: str = "outputs/score"
 
 
@@ -296,7 +300,7 @@ class Params(_Section):
     sample: SampleConfig = SampleConfig()
     score: ScoreConfig = ScoreConfig()
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _cross_section(self) -> Params:

@@ -3,7 +3,8 @@ and the pixel statistics the manifest records for each image (`pixel_stats`).
 
 The manifest is the contract between ingest, validate and training: one row per image, in the
 order training reads them. Files are written with the csv module and fixed formatting (no pandas
-float printing, no timestamps) so two ingests of the same source are byte-identical.
+float printing, no timestamps) so two ingests of the same source are byte-identical. Cells made from
+file names are neutralised for spreadsheets (pokediff.csv_cells) and restored by ``read_manifest``.
 
 A manifest read back may have been edited or made by hand, so `read_manifest` bounds it before pandas
 parses it: at most MAX_MANIFEST_BYTES of UTF-8 text, MAX_MANIFEST_ROWS rows, fields of at most
@@ -23,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pokediff.csv_cells import neutralise, restore
 from pokediff.errors import PokediffError, shorten
+from pokediff.files import write_atomic
 from pokediff.limits import read_small_json
 from pokediff.pixels import pixel_sha256
 
@@ -56,6 +59,7 @@ class ManifestRow:
 
 
 MANIFEST_COLUMNS = [f.name for f in fields(ManifestRow)]
+NAME_COLUMNS = ("source", "form")  # text taken from the source's file names
 
 # A manifest read back: the sprite dataset's is 400 KB and 2,572 rows; a million 64x64 images would
 # not fit in a training process anyway (12 GB of pixels).
@@ -111,6 +115,8 @@ def write_manifest(rows: list[ManifestRow], path: Path) -> None:
         for row in rows:
             record = asdict(row)
             record["species_id"] = "" if row.species_id is None else row.species_id
+            for column in NAME_COLUMNS:  # from file names: no spreadsheet formula (pokediff.csv_cells)
+                record[column] = neutralise(record[column])
             writer.writerow(record)
 
 
@@ -136,6 +142,9 @@ def read_manifest(path: Path) -> pd.DataFrame:
     except (ValueError, TypeError, pd.errors.ParserError) as exc:  # e.g. a species_id that is not a number
         raise ManifestError(f"{path}: not a manifest pokediff can read ({shorten(str(exc).splitlines()[0], 160)}); "
                             "expected the CSV that `pokediff ingest` writes") from None
+    for column in NAME_COLUMNS:  # written neutralised for spreadsheets: read back as they were
+        if column in frame.columns:
+            frame[column] = frame[column].map(lambda cell: restore(cell) if isinstance(cell, str) else cell)
     return frame
 
 
@@ -182,7 +191,7 @@ def write_quarantine(rows: list[QuarantineRow], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["path", "reason"])
-        writer.writerows((row.path, row.reason) for row in rows)
+        writer.writerows((neutralise(row.path), neutralise(row.reason)) for row in rows)
 
 
 def read_summary(dataset_dir: Path) -> dict[str, Any] | None:
@@ -202,4 +211,4 @@ def read_summary(dataset_dir: Path) -> dict[str, Any] | None:
 
 def write_json(data: dict[str, Any], path: Path) -> None:
     """Sorted keys, fixed indentation, trailing newline: stable bytes for DVC and diffs."""
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

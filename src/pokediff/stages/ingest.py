@@ -21,6 +21,7 @@ from pokediff.data.ingest import ingest
 from pokediff.data.sources import SourceError
 from pokediff.data.sprites import TARBALL_NAME
 from pokediff.errors import PokediffError, one_line
+from pokediff.stopping import Stopped, signal_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     except PokediffError as exc:  # IngestError, SourceError, LockedError (another ingest writes here), ...
         print(f"pokediff ingest: {one_line(str(exc))}", file=sys.stderr)
         return 1
+    except Stopped as stop:  # the new dataset is built beside the old one and dropped (data/ingest.py)
+        raise stop.explained(f"stopped by {signal_name(stop.signum)}; the dataset in {out_dir} is unchanged "
+                             "(the half-built one was removed)") from None
     summary = report.summary
     per_variant = ", ".join(f"{k} {v}" for k, v in summary["images_per_variant"].items())
     print(
