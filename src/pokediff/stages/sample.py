@@ -3,7 +3,8 @@
     pokediff sample --checkpoint outputs/train/model.safetensors --sampler ddim --steps 50 --out grid.png
 
 Writes the individual PNGs (``--images-dir``, default: next to the grid in <grid stem>_images/ or
-sample.out_dir/images), a grid, a denoising progression strip and sample_info.json.
+sample.out_dir/images), a grid, and beside it a denoising progression strip and the sample info, named
+after the grid (see sample_files): two grids in one folder keep their own.
 """
 
 from __future__ import annotations
@@ -75,17 +76,27 @@ def run(args: argparse.Namespace) -> int:
         eta = elapsed / done * (total - done)
         print(f"sample: {done}/{total} images, {done / elapsed:.1f} img/s, ETA {eta:.0f} s", flush=True)
 
+    strip_path, info_path = sample_files(grid_path)
     result = generate(model, diffusion_cfg, cfg, steps=steps, images_dir=images_dir, grid_path=grid_path,
-                      strip_path=grid_path.with_name("progression.png"), on_batch=progress)
+                      strip_path=strip_path, on_batch=progress)
     seconds = time.perf_counter() - t0
     info = {"source": source, "sampler": cfg.sampler, "steps": result.steps, "eta": cfg.eta,
             "spacing": result.spacing, "num_images": cfg.num_images, "seed": cfg.seed,
             "seconds": round(seconds, 2), "images_per_second": round(cfg.num_images / seconds, 3)}
     grid_path.parent.mkdir(parents=True, exist_ok=True)
-    (grid_path.parent / "sample_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
     print(f"pokediff sample: {cfg.num_images} images ({cfg.sampler}, {result.steps} steps) in {seconds:.1f} s "
-          f"-> {images_dir}/, grid {grid_path}")
+          f"-> {images_dir}/, grid {grid_path}, denoising steps {strip_path}")
     return 0
+
+
+def sample_files(grid: Path) -> tuple[Path, Path]:
+    """(denoising strip, sample info) written beside ``grid``, named after it: grid.png -> progression.png
+    and sample_info.json (the pipeline's names, declared in dvc.yaml), champion.png ->
+    champion_progression.png and champion_info.json."""
+    if grid.stem == "grid":
+        return grid.with_name("progression.png"), grid.with_name("sample_info.json")
+    return grid.with_name(f"{grid.stem}_progression.png"), grid.with_name(f"{grid.stem}_info.json")
 
 
 def load_for_sampling(checkpoint: str | None, model_uri: str | None, *, use_ema: bool = True,
