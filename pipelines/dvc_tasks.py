@@ -170,6 +170,17 @@ def why_stage_runs(stage: str, changes: list, max_names: int = 8) -> str:
     return describe_changes(changes, max_names)
 
 
+def repro_stage(stage: str, logger, extra_env: dict[str, str] | None = None) -> None:
+    """`dvc repro --single-item <stage>`, its output in ``logger`` (without DVC's git advice). When it
+    fails or this process is interrupted (KeyboardInterrupt, Prefect's TerminationSignal), the stage's
+    previous outputs are put back (restore_outputs) before the exception goes on."""
+    try:
+        run_streaming(dvc("repro", "--single-item", stage), logger, extra_env, drop=DVC_ADVICE)
+    except BaseException:
+        restore_outputs(stage, logger)
+        raise
+
+
 def restore_outputs(stage: str, logger) -> None:
     """Put the outputs of ``stage`` back as dvc.lock records them, from the DVC cache.
 

@@ -127,12 +127,7 @@ def _stage_body(stage: str, extra_env: dict[str, str]):
     # The artifact's table names a few changes per kind (the task's state and log keep the longer list).
     brief = dvc_tasks.why_stage_runs(stage, changes, max_names=3)
     logger.info("%s: running, because %s", stage, why)
-    try:
-        dvc_tasks.run_streaming(dvc_tasks.dvc("repro", "--single-item", stage), logger, extra_env,
-                                drop=dvc_tasks.DVC_ADVICE)
-    except BaseException:  # a failure, Ctrl-C, or a cancellation's SIGTERM: leave the outputs as they were
-        dvc_tasks.restore_outputs(stage, logger)
-        raise
+    dvc_tasks.repro_stage(stage, logger, extra_env)  # a failure or an interrupt puts the old outputs back
     return Completed(message=f"ran: {why}"[:500], data={"stage": stage, "ran": True, "why": brief})
 
 
@@ -221,28 +216,28 @@ def compare_commands(result: dict) -> list[str]:
 
 def next_steps(result: dict) -> list[str]:
     """Where the run's results are and the commands that show them: the last lines of `make pipeline`."""
-    mlflow_ui = f"{result.get('mlflow_run_url') or result.get('mlflow_ui')}"
+    def entry(label: str, *lines: str) -> list[str]:
+        return [f"  {label:<9} {lines[0]}", *(f"  {'':<9} {line}" for line in lines[1:])]
+
+    compare = compare_commands(result) or [
+        "(the first run of this commit: run again with a change, e.g.",
+        " -S sample.sampler=dpmpp2m -S sample.steps=20, to compare two)"]
+    mlflow_ui = [f"{result.get('mlflow_run_url') or result.get('mlflow_ui')}"]
     if not result.get("mlflow_serves_itself"):
-        mlflow_ui += f"   (after `{links.MLFLOW_UI_COMMAND}`)"
-    prefect_ui = f"{result.get('flow_run_url')}"
+        mlflow_ui.insert(0, f"{links.MLFLOW_UI_COMMAND}, then")
+    prefect_ui = [f"{result.get('flow_run_url')}"]
     if not result.get("prefect_serves_itself"):
-        prefect_ui += f"   (after `{links.PREFECT_UI_COMMAND}`)"
-    compare = compare_commands(result)
-    lines = [
+        prefect_ui.insert(0, f"{links.PREFECT_UI_COMMAND}, then")
+    return [
         f"pipeline done: {headline(result)}",
-        f"  samples   {result.get('grid')}   denoising steps: {result.get('progression')}",
-        "  curves    dvc plots show   (loss, in-training FID, the grid -> dvc_plots/index.html)",
-        "  compare   make compare   (every run of this commit: FID, KID, loss and the params that differ)",
-        *(f"            {command}" for command in compare),
-        f"  MLflow    {mlflow_ui}",
-        f"  Prefect   {prefect_ui}",
-        f"  run       DVC experiment {result.get('experiment')}, model {result.get('model_name')} "
-        f"v{result.get('model_version')}",
+        *entry("samples", f"{result.get('grid')}   (denoising steps: {result.get('progression')})"),
+        *entry("curves", "dvc plots show   (loss, in-training FID, the grid -> dvc_plots/index.html)"),
+        *entry("compare", "make compare   (every run of this commit: FID, KID, steps, sampler)", *compare),
+        *entry("MLflow", *mlflow_ui),
+        *entry("Prefect", *prefect_ui),
+        *entry("run", f"DVC experiment {result.get('experiment')}, model {result.get('model_name')} "
+                      f"v{result.get('model_version')}"),
     ]
-    if not compare:
-        lines.insert(5, "            (first run of this commit: run again with a change, e.g. "
-                        "-S sample.sampler=dpmpp2m -S sample.steps=20, to compare two)")
-    return lines
 
 
 def _link(text: str, url: str | None) -> str:
@@ -265,7 +260,7 @@ def summary_markdown(result: dict) -> str:
              f"{result.get('champion_version')})",
              "- Curves: `dvc plots show` (loss, in-training FID, the grid -> `dvc_plots/index.html`)",
              "", "## Compare", "",
-             "- `make compare`: every run of this commit as a row (FID, KID, loss and the params that differ)"]
+             "- `make compare`: every run of this commit as a row (FID, KID, steps, sampler)"]
     compare = compare_commands(result)
     if compare:
         lines.append(f"- with the previous run: {', '.join(f'`{c}`' for c in compare)}")
