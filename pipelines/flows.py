@@ -90,6 +90,9 @@ def link_env(exp_name: str | None = None) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------
 # Tasks
 # ----------------------------------------------------------------------------------------------
+PREFLIGHT_TIMEOUT_S = 600  # seconds on an idle machine; minutes only when torch loads on a crowded one
+
+
 @task(name="preflight", task_run_name="preflight")
 def preflight(overrides: list[str]) -> str:
     """What would otherwise stop the run minutes in, checked in seconds before any stage:
@@ -97,12 +100,18 @@ def preflight(overrides: list[str]) -> str:
     run's peak memory on this machine and asks the MLflow store for the experiment. Its one-line
     error (e.g. the memory it would need) becomes the run's failure message."""
     cmd = ["pokediff", "train", "--check", *(arg for override in overrides for arg in ("-S", override))]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=dvc_tasks.env(), errors="replace")
-    lines = [dvc_tasks.ANSI_ESCAPE.sub("", line) for line in (out.stdout + out.stderr).splitlines() if line.strip()]
-    if out.returncode != 0:
-        raise StepFailed(f"preflight: {(lines or ['`pokediff train --check` failed'])[-1][:1000]}")
-    get_run_logger().info("%s", lines[-1] if lines else "preflight passed")
-    return lines[-1] if lines else "passed"
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=dvc_tasks.env(), errors="replace",
+                             timeout=PREFLIGHT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise StepFailed(f"preflight: `pokediff train --check` gave no answer within {PREFLIGHT_TIMEOUT_S} s") from None
+    said = [dvc_tasks.ANSI_ESCAPE.sub("", line) for line in out.stdout.splitlines() if line.strip()]
+    if out.returncode != 0:  # its error is one line on stderr; MLflow may have logged before it
+        errors = [dvc_tasks.ANSI_ESCAPE.sub("", line) for line in out.stderr.splitlines() if line.strip()]
+        raise StepFailed(f"preflight: {(errors or said or ['`pokediff train --check` failed'])[-1][:1000]}")
+    summary = said[-1] if said else "preflight passed"
+    get_run_logger().info("%s", summary)
+    return summary
 
 
 @task(name="fetch-data", task_run_name="fetch-data", retries=2, retry_delay_seconds=15)
