@@ -1,5 +1,6 @@
 # pokediff: the two set-up commands (see README.md) and a few conveniences.
 #   make pipeline   install, fetch the sprites, run the whole pipeline on a small CPU configuration
+#   make compare    every pipeline run of this commit side by side: FID, KID and the params that change
 #   make sweep      FID vs NFE for the trained model over a grid of samplers x steps
 #   make test       install, run the test suite
 SHELL := /bin/bash
@@ -17,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 # table: 13 min 50 s with nothing else running, 31 min 37 s beside a test run). On a GPU, `dvc repro` runs params.yaml as is.
 SMALL_CONFIG := configs/cpu-small.yaml
 
-.PHONY: install test pipeline sweep lint clean-outputs team-up team-down team-status team-check team-deploy team-worker team-crashed
+.PHONY: install test pipeline compare sweep lint clean-outputs team-up team-down team-status team-check team-deploy team-worker team-crashed
 
 $(BIN)/pokediff: pyproject.toml requirements/lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,15 @@ SMALL_ARGS := --params-file $(SMALL_CONFIG)
 
 pipeline: install
 	$(BIN)/python -m pipelines.flows $(SMALL_ARGS)
+
+# Every run of this commit is a DVC experiment; `dvc exp show` lists them but, with every metric and param
+# as a column, hides FID behind "..." in 120 columns. This keeps the experiment's name, FID, KID and the
+# params a run usually changes (other columns: make compare COMPARE_KEEP='fid|final_loss|diffusion\.schedule').
+# The first row is the commit itself, which carries no run (`!`): runs are experiments beside it.
+COMPARE_KEEP ?= fid|kid_mean|train\.steps|sample\.sampler|sample\.steps
+
+compare: install
+	$(BIN)/dvc exp show --no-pager --hide-workspace --drop '.*' --keep '^(Experiment|$(COMPARE_KEEP))$$'
 
 # FID against NFE for the model `make pipeline` trained: ddim 10/25/50, dpmpp2m 10/20, 100 images each
 # (20.5 min measured on a 2-core CPU shared with other jobs, load 7-13; the DVC experiments run sample+score)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import yaml
 
 from pokediff.env import OFFLINE_DEFAULTS
 from pokediff.locks import pid_alive
@@ -25,6 +28,14 @@ LOCK_FILE = Path("dvc.lock")
 JOURNAL_DIR = Path(".dvc/tmp/pokediff-restore")
 MAX_JSON_BYTES = 10_000_000  # a DVC status / metrics answer or a metrics file larger than this is refused
 TAIL_LINES = 30
+# Colour and cursor codes (MLflow's warnings are yellow): a run's log is plain text.
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+# What `dvc repro` tells a person at a terminal after every stage; the flow records the run itself
+# (`dvc exp save`), so in its log these lines are noise.
+DVC_ADVICE = re.compile(r"^\s*(To track the changes with git, run:|git add \S.*|To enable auto staging, run:"
+                        r"|dvc config core\.autostage true"
+                        r"|Use `dvc push` to send your updates to remote storage\.)\s*$")
+STOP_WAIT_S = 20  # after an interrupt, how long a child gets to exit before it is killed
 
 
 class StepFailed(RuntimeError):
@@ -39,25 +50,46 @@ def env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-def run_streaming(cmd: list[str], logger, extra_env: dict[str, str] | None = None) -> None:
+def run_streaming(cmd: list[str], logger, extra_env: dict[str, str] | None = None,
+                  drop: re.Pattern | None = None) -> None:
     """Run cmd in the project directory, each output line into ``logger`` as it comes (so `--watch`
-    and the UI show the stage's own progress lines). Progress-bar redraws (\\r) are dropped."""
+    and the UI show the stage's own progress lines). Progress-bar redraws (\\r) and colour codes are
+    dropped, and so are lines matching ``drop``. If this process is interrupted (Ctrl-C, or the SIGTERM
+    of a Prefect cancellation), the child is stopped before the interrupt goes on, so nothing writes
+    after the flow has given up on it."""
     logger.info("$ %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env(extra_env), errors="replace")
     tail: list[str] = []
     assert proc.stdout is not None
-    for raw in proc.stdout:
-        line = raw.rstrip("\n")
-        if "\r" in line:  # a tqdm redraw: keep only its last frame
-            line = line.rsplit("\r", 1)[-1]
-        if not line.strip():
-            continue
-        logger.info(line[:2000])
-        tail = (tail + [line])[-TAIL_LINES:]
+    try:
+        for raw in proc.stdout:
+            line = ANSI_ESCAPE.sub("", raw.rstrip("\n"))
+            if "\r" in line:  # a tqdm redraw: keep only its last frame
+                line = line.rsplit("\r", 1)[-1]
+            if not line.strip() or (drop is not None and drop.match(line)):
+                continue
+            logger.info(line[:2000])
+            tail = (tail + [line])[-TAIL_LINES:]
+    except BaseException:
+        stop_process(proc)
+        raise
     if proc.wait() != 0:
         logger.error("last lines of `%s`:\n%s", " ".join(cmd[:4]), "\n".join(tail))
         raise StepFailed(f"`{' '.join(cmd)}` failed with exit code {proc.returncode} (its output is in the log above)")
+
+
+def stop_process(proc: subprocess.Popen, wait_s: float = STOP_WAIT_S) -> None:
+    """SIGTERM, then SIGKILL after ``wait_s``: a child (dvc, and the stage under it) that the interrupt
+    did not reach or did not stop. A no-op for a child that has already exited."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _json_out(cmd: list[str]) -> object:
@@ -114,6 +146,61 @@ def stage_changes(stage: str) -> list:
     return answer.get(stage, []) if isinstance(answer, dict) else []
 
 
+def locked_stages(lock: Path = LOCK_FILE) -> set[str] | None:
+    """The stages dvc.lock records a run of (None: there is no dvc.lock, so nothing has run here yet)."""
+    if not lock.is_file():
+        return None
+    if lock.stat().st_size > MAX_JSON_BYTES:
+        raise StepFailed(f"{lock}: larger than {MAX_JSON_BYTES} bytes")
+    try:
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
+    except (yaml.YAMLError, AttributeError):
+        return set()  # unreadable: DVC will say what is wrong with it when the stage runs
+    return set(stages) if isinstance(stages, dict) else set()
+
+
+def why_stage_runs(stage: str, changes: list, max_names: int = 8) -> str:
+    """Why DVC will run ``stage``: on a first run DVC reports every dependency as "modified" (there is
+    nothing to compare with), so say that instead of listing them."""
+    recorded = locked_stages()
+    if recorded is None:
+        return "first run (no dvc.lock)"
+    if stage not in recorded:
+        return "first run of this stage (dvc.lock has no entry for it)"
+    return describe_changes(changes, max_names)
+
+
+def repro_stage(stage: str, logger, extra_env: dict[str, str] | None = None) -> None:
+    """`dvc repro --single-item <stage>`, its output in ``logger`` (without DVC's git advice). When it
+    fails or this process is interrupted (KeyboardInterrupt, Prefect's TerminationSignal), the stage's
+    previous outputs are put back (restore_outputs) before the exception goes on."""
+    try:
+        run_streaming(dvc("repro", "--single-item", stage), logger, extra_env, drop=DVC_ADVICE)
+    except BaseException:
+        restore_outputs(stage, logger)
+        raise
+
+
+def restore_outputs(stage: str, logger) -> None:
+    """Put the outputs of ``stage`` back as dvc.lock records them, from the DVC cache.
+
+    `dvc repro` deletes a stage's outputs before it runs the command, so a stage that fails or is
+    interrupted would leave them missing (a cancelled run used to leave outputs/ref_stats deleted).
+    Its dvc.lock entry still describes the previous outputs, which are in the cache: `dvc checkout`
+    brings them back. Outputs declared `persist` were never deleted; `cache: false` ones cannot come
+    back (they are small records that the stage writes again)."""
+    recorded = locked_stages()
+    if not recorded or stage not in recorded:
+        return  # never ran here: there is nothing to put back
+    out = subprocess.run(dvc("checkout", "--force", "--quiet", stage), capture_output=True, text=True, env=env())
+    if out.returncode == 0:
+        logger.warning("%s: outputs put back as dvc.lock records them (`dvc checkout %s`)", stage, stage)
+    else:
+        last = (out.stderr.strip() or out.stdout.strip()).splitlines()[-1:] or [""]
+        logger.warning("%s: could not put the outputs back (`dvc checkout %s`: %s); `dvc repro %s` makes them "
+                       "again", stage, stage, ANSI_ESCAPE.sub("", last[0])[:300], stage)
+
+
 def describe_changes(changes: list, max_names: int = 8) -> str:
     """DVC's status entries -> one short line, e.g. "params sample.sampler; deps src/pokediff/generation.py"
     (at most ``max_names`` names per kind, then how many more)."""
@@ -132,6 +219,20 @@ def describe_changes(changes: list, max_names: int = 8) -> str:
             more = f" and {len(names) - max_names} more" if len(names) > max_names else ""
             parts.append(f"{kind}: {', '.join(names[:max_names])}{more}")
     return "; ".join(parts) or "changed"
+
+
+def experiments(prefix: str = "") -> list[str]:
+    """Names of the experiments of the current commit (`dvc exp show`'s rows under HEAD), newest first."""
+    answer = _json_out(dvc("exp", "show", "--json", "--hide-workspace"))
+    found: list[tuple[str, str]] = []
+    for baseline in answer if isinstance(answer, list) else []:
+        for exp in (baseline or {}).get("experiments") or []:
+            name = (exp or {}).get("name") or ""
+            revs = exp.get("revs") or [{}]
+            stamp = str(((revs[0] or {}).get("data") or {}).get("timestamp") or "")
+            if name.startswith(prefix):
+                found.append((stamp, name))
+    return [name for _, name in sorted(found, reverse=True)]
 
 
 def read_json_file(path: str | Path) -> dict:

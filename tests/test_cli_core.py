@@ -53,10 +53,15 @@ def test_train_then_sample_writes_checkpoint_grid_and_pngs(tmp_path):
     info = json.loads((tmp_path / "sample_info.json").read_text())
     assert info["sampler"] == "ddim" and info["steps"] == 5
 
-    # Same seed, same images; the sampler is deterministic at eta = 0.
+    # Same seed, same images; the sampler is deterministic at eta = 0. A second grid in the same folder
+    # gets its own strip and info, named after it; the first grid's stay as they were.
+    first_info = (tmp_path / "sample_info.json").read_bytes()
     r = _pokediff("sample", "--checkpoint", "run/model.safetensors", "--sampler", "ddim", "--steps", "5",
                   "--num-images", "5", "--out", "again.png", *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert (tmp_path / "again_progression.png").exists()
+    assert json.loads((tmp_path / "again_info.json").read_text())["num_images"] == 5
+    assert (tmp_path / "sample_info.json").read_bytes() == first_info
     for a, b in zip(pngs, sorted((tmp_path / "again_images").glob("*.png"))):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
 

@@ -11,11 +11,14 @@ model and its alias, and the sweep's table, plot and MLflow artifacts.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +87,29 @@ def _task_runs_and_artifacts(flow_run_id) -> tuple[dict[str, tuple[str, str]], d
             {a.key: a.data for a in artifacts if a.key})
 
 
+def _log_lines(flow_run_id, last: str, wait_s: float = 60) -> list[str]:
+    """Every log message of a flow run and its tasks, in order, from the Prefect API, once one starting
+    with ``last`` has arrived (logs reach the API in batches, after the run may have ended)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    deadline = time.monotonic() + wait_s
+    with get_client(sync_client=True) as client:
+        while True:
+            logs, offset = [], 0
+            while True:
+                page = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                        limit=200, offset=offset, sort=LogSort.TIMESTAMP_ASC)
+                logs += [log.message for log in page]
+                if len(page) < 200:
+                    break
+                offset += 200
+            if any(line.startswith(last) for line in logs) or time.monotonic() > deadline:
+                return logs
+            time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     from prefect.testing.utilities import prefect_test_harness
@@ -103,13 +129,17 @@ def pipeline_run(tmp_path_factory):
             state = pokediff_pipeline(sampler="ddim", train_steps=12, overrides=TINY, return_state=True)
             result = state.result()
             runs["first"] = _task_runs_and_artifacts(state.state_details.flow_run_id)
+            runs["first_state"] = state
+            runs["first_logs"] = _log_lines(state.state_details.flow_run_id, last="pipeline done: ")
             runs["git_status"] = _git("status", "--porcelain", cwd=project)
             runs["params_after"] = (project / "params.yaml").read_text()
             again = pokediff_pipeline(sampler="ddim", train_steps=12, overrides=TINY, return_state=True)
             runs["again"] = (again.result(), _task_runs_and_artifacts(again.state_details.flow_run_id))
             runs["bad"] = pokediff_pipeline(overrides=["sample.sampler=euler"], return_state=True)
             runs["bad_grid"] = pokediff_sweep(grid=["ddim:10", "heun:5"], return_state=True)
-            champion_grid = sample_from_champion(num_images=4, steps=3, out="outputs/champion/grid.png")
+            champion = sample_from_champion(num_images=4, steps=3, out="outputs/champion/grid.png", return_state=True)
+            champion_grid = champion.result()
+            runs["champion"] = _task_runs_and_artifacts(champion.state_details.flow_run_id)
             sweep = pokediff_sweep(grid=["ddim:3", "dpmpp2m:4"], overrides=TINY, return_state=True)
             runs["sweep"] = (sweep.result(), _task_runs_and_artifacts(sweep.state_details.flow_run_id))
             runs["git_status_after_sweep"] = _git("status", "--porcelain", cwd=project)
@@ -133,17 +163,49 @@ def test_prefect_tasks_are_the_stages_cached_ones_say_so_and_the_run_has_a_summa
     _, result, _, runs = pipeline_run
     tasks, artifacts = runs["first"]
     stages = ["ingest", "validate", "ref_stats", "train", "sample", "score"]
-    assert set(stages) <= set(tasks) and "record-experiment" in tasks
+    assert set(stages) <= set(tasks) and {"preflight", "record-experiment"} <= set(tasks)
     assert all(tasks[s][0] == "Completed" and tasks[s][1].startswith("ran: ") for s in stages)
-    assert "changed deps: outputs/dataset/images" in tasks["train"][1]  # why it ran, from `dvc status`
+    # why each ran, on a fresh checkout: a first run, not every file "modified"
+    assert tasks["ingest"][1] == "ran: first run (no dvc.lock)"
+    assert tasks["train"][1] == "ran: first run of this stage (dvc.lock has no entry for it)"
     summary = artifacts["pokediff-pipeline"]
     assert result["mlflow_run_id"] in summary and "| score | ran |" in summary and "| fid |" in summary
-    assert f"models:/pokemon-ddpm/{result['model_version']}" in summary
+    assert f"[pokemon-ddpm version {result['model_version']}](http://127.0.0.1:5000/#/models/pokemon-ddpm/versions/" \
+           in summary
+    assert f"(http://127.0.0.1:5000/#/experiments/1/runs/{result['mlflow_run_id']})" in summary
+    assert "`make compare`" in summary and not re.search(r"\bmain\b", summary)  # nothing to compare on main
+    assert "first run of this commit" in summary
+    assert runs["first_state"].message.startswith(f"FID {result['fid']:.2f}, KID ")
 
-    again, (tasks2, _) = runs["again"]
+    again, (tasks2, artifacts2) = runs["again"]
     assert all(tasks2[s][0] == "Cached" and "up to date" in tasks2[s][1] for s in stages), tasks2
     assert not any(info["ran"] for info in again["stages"].values())
     assert again["fid"] == pytest.approx(result["fid"])
+    # The second run's summary compares it with the first: commands that work, on real experiments.
+    commands = [f"dvc metrics diff {result['experiment']} {again['experiment']}",
+                f"dvc plots diff {result['experiment']} {again['experiment']}"]
+    assert all(f"`{c}`" in artifacts2["pokediff-pipeline"] for c in commands)
+    for command in commands:
+        _dvc(*command.split()[1:], "--json", cwd=pipeline_run[0])
+
+
+def test_the_log_says_what_runs_when_without_noise(pipeline_run):
+    logs = pipeline_run[3]["first_logs"]
+    text = "\n".join(logs)
+    # the preflight, in seconds before the first stage, names what it checked
+    preflight = next(i for i, line in enumerate(logs) if line.startswith("pokediff train --check: params valid"))
+    assert "MLflow store" in logs[preflight]
+    assert preflight < next(i for i, line in enumerate(logs) if line.startswith("$ pokediff fetch-data"))
+    # each in-training evaluation says that it starts, and its FID when it ends
+    for step in (6, 12):
+        assert f"train: step {step}: in-training FID of 16 EMA samples (DDIM 3 steps)" in text
+        assert re.search(rf"train: step {step}: in-training FID \d+\.\d\d, KID ", text), step
+    assert "git add dvc.lock" not in text and "dvc push" not in text and "\x1b[" not in text
+    # the end: where the samples, curves, comparisons and runs are
+    done = next(line for line in logs if line.startswith("pipeline done: FID "))
+    for words in ("outputs/samples/grid.png", "dvc plots show", "make compare", "mlflow ui --backend-store-uri",
+                  "http://127.0.0.1:5000/#/experiments/1/runs/", "http://127.0.0.1:4200/runs/flow-run/"):
+        assert words in done, (words, done)
 
 
 def test_a_bad_parameter_fails_with_one_line_naming_it(pipeline_run):
@@ -202,8 +264,29 @@ def test_mlflow_run_params_metrics_tags_and_registry(pipeline_run):
     # the pipeline's evaluation, and the sweep's two points (ddim:3, dpmpp2m:4) beside it
     assert len(children) == 3
     pipeline_eval = next(c for c in children if c.info.run_id == result["evaluation_run_id"])
-    assert pipeline_eval.data.metrics["fid"] == pytest.approx(result["fid"])
+    assert pipeline_eval.data.metrics["fid"] == round(result["fid"], 2)  # the table shows 403.68, DVC every digit
+    assert run.data.metrics["fid"] == round(result["fid"], 2)
     assert pipeline_eval.data.params["sample.sampler"] == "ddim"
+    # The evaluation run lasts as long as its sampling and scoring (it is opened once the scores exist).
+    sampled = json.loads((project / "outputs/samples/sample_info.json").read_text())["seconds"]
+    assert pipeline_eval.info.end_time - pipeline_eval.info.start_time >= 1000 * sampled
+
+    # The run's page: the final samples and the denoising steps open its description (served by the UI
+    # from the evaluation run's artifacts) and are its images, so Model metrics shows them at once.
+    description = run.data.tags["mlflow.note.content"]
+    eval_id = result["evaluation_run_id"]
+    grid_link = f'<a href="get-artifact?path=grid.png&amp;run_uuid={eval_id}"'
+    assert description.startswith(f"<!-- evaluation -->\n{grid_link}")
+    assert f'<img src="get-artifact?path=progression.png&amp;run_uuid={eval_id}"' in description
+    assert f"(#/experiments/{run.info.experiment_id}/runs/{eval_id})" in description
+    flow_run_id = run.data.tags["pokediff.prefect_flow_run_id"]
+    assert f"Prefect flow run [{flow_run_id[:8]}](http://127.0.0.1:4200/runs/flow-run/{flow_run_id})" in description
+    images = {a.path.split("/")[1] for a in client.list_artifacts(run.info.run_id, "images")}
+    assert any(name.startswith("final_samples") for name in images), images
+    assert any(name.startswith("denoising_steps") for name in images), images
+    # The runs table's saved view: newest first, the order in which MLflow nests evaluations under their run.
+    view = json.loads(client.get_experiment(run.info.experiment_id).tags["mlflow.sharedViewState.pokediff"])
+    assert (view["orderByKey"], view["orderByAsc"]) == ("attributes.start_time", False)
 
     champion = client.get_model_version_by_alias("pokemon-ddpm", "champion")
     # FIDs compare only under one evaluation key: the champion's fid is the best of the evaluations
@@ -222,9 +305,14 @@ def test_mlflow_run_params_metrics_tags_and_registry(pipeline_run):
 
 
 def test_sample_from_champion_flow(pipeline_run):
-    project, _, grid, _ = pipeline_run
+    project, _, grid, runs = pipeline_run
     assert (project / grid).exists()
     assert len(list((project / "outputs/champion/grid_images").glob("*.png"))) == 4
+    # Its artifact shows the grid itself (the Prefect UI renders the embedded PNG) and says where it is.
+    markdown = runs["champion"][1]["champion-samples"]
+    embedded = re.search(r"!\[samples\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    assert embedded and base64.b64decode(embedded.group(1)) == (project / grid).read_bytes()
+    assert f"Grid: `{grid}`" in markdown and "seed 0" in markdown
 
 
 def test_sweep_table_plot_experiments_and_mlflow(pipeline_run):

@@ -1,6 +1,8 @@
 """Training fits the machine: the memory estimate, its calibration against real peak RSS, the refusal."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -149,3 +151,31 @@ def test_default_recipe_on_cpu_stops_at_once_with_the_message(tmp_path):
     assert "train.batch_size" in r.stderr and "cpu-small.yaml" in r.stderr
     assert float(seconds) < 30 and not (tmp_path / "run").exists()
     assert int(peak_kib) < 1024 * 1024, f"peak RSS {int(peak_kib) // 1024} MiB"  # nothing big allocated
+
+
+@pytest.mark.slow
+def test_train_check_reports_what_it_checked_and_trains_nothing(tmp_path):
+    """`pokediff train --check`, the Prefect flow's preflight: params, the memory estimate and the MLflow
+    store, then exit; a recipe that cannot fit is the memory check's one line (exit 1), and a tracking
+    server that does not answer is one line naming it."""
+    def check(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pokediff", "train", "--check", "--params", "none",
+                               "--overlay", str(SMALL), *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, env=env)
+
+    (tmp_path / "params.yaml").write_text("{}\n")  # a project root: the store is tmp_path/mlruns
+    r = check()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("pokediff train --check: params valid (600 steps x batch 16); needs about "), r.stdout
+    assert f"MLflow store sqlite:///{tmp_path}/mlruns/mlflow.db answers" in r.stdout
+    assert not (tmp_path / "outputs").exists()  # nothing trained, nothing written but the store
+
+    r = check("-S", "train.batch_size=65536", "--no-track")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "needs about" in r.stderr and "batch 65536" in r.stderr
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = check(env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+    assert r.returncode == 1 and f"MLflow store http://127.0.0.1:{port} not reachable" in r.stderr, r.stderr

@@ -3,10 +3,10 @@
     pokediff sample --checkpoint outputs/train/model.safetensors --sampler ddim --steps 50 --out grid.png
 
 Writes the individual PNGs (``--images-dir``, default: next to the grid in <grid stem>_images/ or
-sample.out_dir/images), a grid, a denoising progression strip and sample_info.json. Those folders are
-locked for the run (pokediff.locks): a second `pokediff sample` into them stops with one line. Every
-file is written whole (pokediff.files); SIGTERM or Ctrl-C stops with one line saying how many images
-were written.
+sample.out_dir/images), a grid, and beside it a denoising progression strip and the sample info, named
+after the grid (see sample_files): two grids in one folder keep their own. Those folders are locked for
+the run (pokediff.locks): a second `pokediff sample` into them stops with one line. Every file is written
+whole (pokediff.files); SIGTERM or Ctrl-C stops with one line saying how many images were written.
 """
 
 from __future__ import annotations
@@ -101,21 +101,31 @@ def _sample(args: argparse.Namespace, params, grid_path: Path, images_dir: Path)
         eta = elapsed / done * (total - done)
         print(f"sample: {done}/{total} images, {done / elapsed:.1f} img/s, ETA {eta:.0f} s", flush=True)
 
+    strip_path, info_path = sample_files(grid_path)
     try:
         result = generate(model, diffusion_cfg, cfg, steps=steps, images_dir=images_dir, grid_path=grid_path,
-                          strip_path=grid_path.with_name("progression.png"), on_batch=progress)
+                          strip_path=strip_path, on_batch=progress)
     except Stopped as stop:  # each PNG is written whole (pokediff.files); say how far it got
         raise stop.explained(
             f"stopped by {signal_name(stop.signum)} after {written[0]} of {cfg.num_images} images (in {images_dir}/, "
-            f"each one whole); no grid or sample_info.json was written") from None
+            f"each one whole); no grid or {info_path.name} was written") from None
     seconds = time.perf_counter() - t0
     info = {"source": source, "sampler": cfg.sampler, "steps": result.steps, "eta": cfg.eta,
             "spacing": result.spacing, "num_images": cfg.num_images, "seed": cfg.seed,
             "seconds": round(seconds, 2), "images_per_second": round(cfg.num_images / seconds, 3)}
-    write_atomic(grid_path.parent / "sample_info.json", json.dumps(info, indent=2) + "\n")
+    write_atomic(info_path, json.dumps(info, indent=2) + "\n")
     print(f"pokediff sample: {cfg.num_images} images ({cfg.sampler}, {result.steps} steps) in {seconds:.1f} s "
-          f"-> {images_dir}/, grid {grid_path}")
+          f"-> {images_dir}/, grid {grid_path}, denoising steps {strip_path}")
     return 0
+
+
+def sample_files(grid: Path) -> tuple[Path, Path]:
+    """(denoising strip, sample info) written beside ``grid``, named after it: grid.png -> progression.png
+    and sample_info.json (the pipeline's names, declared in dvc.yaml), champion.png ->
+    champion_progression.png and champion_info.json."""
+    if grid.stem == "grid":
+        return grid.with_name("progression.png"), grid.with_name("sample_info.json")
+    return grid.with_name(f"{grid.stem}_progression.png"), grid.with_name(f"{grid.stem}_info.json")
 
 
 def load_for_sampling(checkpoint: str | None, model_uri: str | None, *, use_ema: bool = True,

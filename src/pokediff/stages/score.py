@@ -90,7 +90,8 @@ def _score(args: argparse.Namespace, params, samples_dir: Path, ref_path: Path, 
         metrics["memorisation_train_nn_median"],
     )
     if not args.no_track:
-        _log_evaluation(params, metrics, out, samples_dir, ref_path, evaluator.ref.extractor)
+        _log_evaluation(params, metrics, out, samples_dir, ref_path, evaluator.ref.extractor,
+                        score_seconds=time.perf_counter() - start)
     print(
         f"score: {metrics['num_samples']} samples vs {metrics['num_reference']} reference images: "
         f"FID {metrics['fid']:.2f}, KID {metrics['kid_mean']:.4f} ± {metrics['kid_std']:.4f}, "
@@ -101,7 +102,7 @@ def _score(args: argparse.Namespace, params, samples_dir: Path, ref_path: Path, 
 
 
 def _log_evaluation(params, metrics: dict, metrics_path: Path, samples_dir: Path, ref_path: Path,
-                    extractor: str) -> None:
+                    extractor: str, score_seconds: float) -> None:
     """Add this evaluation as a nested MLflow run under the pipeline's training run (found through
     <train.out_dir>/mlflow_run.json) and keep the `champion` alias on the best-FID model version.
     Samples made outside the pipeline (no run recorded) are scored without tracking."""
@@ -134,7 +135,10 @@ def _log_evaluation(params, metrics: dict, metrics_path: Path, samples_dir: Path
     how = f"{sampler}, {steps} steps, {n} samples"
     artifacts = [metrics_path, metrics_path.with_name("nearest.csv"), sample_info,
                  sample_dir / "grid.png", sample_dir / "progression.png"]
-    result = logger.log({**sample_params, **score_params}, metrics, artifacts, name, key=key, how=how)
+    # The evaluation run lasts as long as its work: the sampling (sample_info.json) and this scoring.
+    work_seconds = score_seconds + float(info.get("seconds") or 0.0)
+    result = logger.log({**sample_params, **score_params}, metrics, artifacts, name, key=key, how=how,
+                        work_seconds=work_seconds)
     write_atomic(metrics_path.with_name("mlflow_evaluation.json"), json.dumps(result, indent=2) + "\n")
     alias = result.get("champion_alias", "champion")
     champion = f"this model is @{alias}" if result.get("is_champion") else (

@@ -2,6 +2,7 @@
 
     pokediff train --data outputs/dataset --steps 200 -S train.batch_size=16
     pokediff train --resume            # continue a stopped or killed run from its last checkpoint
+    pokediff train --check             # seconds: params, memory estimate, MLflow store; no training
 
 Reads the model, diffusion and train sections of params.yaml; flags override them.
 Before anything is allocated, the run's peak memory is estimated (pokediff.training.memory_estimate): a run that
@@ -51,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no progress lines (by default one every ~30 s: step, loss, images/s, ETA)")
     parser.add_argument("--no-memory-check", action="store_true",
                         help="start even when the run is estimated not to fit in memory")
+    parser.add_argument("--check", action="store_true",
+                        help="check the params, the memory estimate and the MLflow store, then exit "
+                             "without training (seconds; the Prefect flow runs it before its first stage)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,9 +70,12 @@ def run(args: argparse.Namespace) -> int:
     from pokediff.training.memory_estimate import check_training_fits, processes_sharing_memory
 
     device = resolve_device(args.device, "--device")  # DeviceError: one line, exit 2
+    estimate = None
     if not args.no_memory_check:  # seconds, nothing allocated: an OOM kill becomes a message
-        check_training_fits(params.model, params.train, device, int(os.environ.get("WORLD_SIZE", "1")),
-                            processes_sharing_memory(device))
+        estimate = check_training_fits(params.model, params.train, device, int(os.environ.get("WORLD_SIZE", "1")),
+                                       processes_sharing_memory(device))
+    if args.check:
+        return _report_check(params, device, estimate, track=not args.no_track)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
     # Under torchrun the launcher owns the hard stop (it forwards a signal to every rank, signals the
     # others again when one exits, and kills what has not stopped within its timeout): each rank only
@@ -91,6 +98,25 @@ def run(args: argparse.Namespace) -> int:
             if err is None or err.filename is not None or described is None:
                 raise
             raise PokediffError(f"{described} (training into {params.train.out_dir})") from exc
+
+
+def _report_check(params, device, estimate, track: bool) -> int:
+    """--check: everything that can stop a training run before it starts has passed; say what was checked.
+    The MLflow store is asked for the experiment, as training would (a server that does not answer is a
+    one-line error within seconds)."""
+    from pokediff.training.memory_estimate import available_memory
+
+    checked = [f"params valid ({params.train.steps} steps x batch {params.train.batch_size})"]
+    if estimate is not None:
+        checked.append(f"needs about {estimate.total_bytes / 2**30:.1f} GiB of "
+                       f"{available_memory(device) / 2**30:.1f} GiB free on {device}")
+    if track:
+        from pokediff.tracking.store import configure, tracking_uri  # mlflow: seconds to import
+
+        configure()
+        checked.append(f"MLflow store {tracking_uri()} answers")
+    print(f"pokediff train --check: {'; '.join(checked)}")
+    return 0
 
 
 def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     stream = sys.stdout if report.success else sys.stderr
     print(report.summary_text(), file=stream)
-    print(f"results: {report.files['result']}\nData Docs: {report.files['data_docs']} "
-          f"(offline: {report.files['results_html']})", file=stream)
+    # results.html first: GX's own index.html loads its list of runs from the internet, so offline it is empty.
+    print(f"results: {report.files['result']}\nreadable results: {report.files['results_html']} (GX Data Docs, "
+          f"online only: {report.files['data_docs']})", file=stream)
     return 0 if report.success else 1

@@ -15,8 +15,21 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from PIL import Image
 
-from pokediff.tracking.store import MODEL_NAME, configure, finite_metrics, link_tags, read_run_info
+from pokediff.tracking.store import (
+    MODEL_NAME,
+    artifact_image,
+    configure,
+    finite_metrics,
+    link_tags,
+    orchestration_lines,
+    read_run_info,
+    rounded_scores,
+    run_link,
+)
 
 CHAMPION_ALIAS = "champion"
 
@@ -57,18 +70,23 @@ class EvaluationLogger:
         self.info = read_run_info(train_out_dir)
 
     def log(self, params: dict[str, Any], metrics: dict[str, Any], artifacts: list[Path], run_name: str,
-            key: str, how: str = "") -> dict:
+            key: str, how: str = "", work_seconds: float = 0.0) -> dict:
+        """``work_seconds``: how long sampling and scoring took, so that the run's duration in the UI is
+        the work's (the run itself is opened once the scores exist)."""
         configure()
         client = MlflowClient()
         parent = client.get_run(self.info["run_id"])
-        clean = {k: v for k, v in finite_metrics(metrics).items() if k in EVAL_METRICS}
+        clean = rounded_scores({k: v for k, v in finite_metrics(metrics).items() if k in EVAL_METRICS})
         headline = is_configured_evaluation(parent.data.params, params)
         tags = {"pokediff.stage": "score", "pokediff.eval_key": key, "pokediff.eval_key_id": key_id(key),
-                "pokediff.headline": str(headline).lower(), **link_tags()}
+                "pokediff.headline": str(headline).lower(), MLFLOW_PARENT_RUN_ID: parent.info.run_id, **link_tags()}
+        images = _sample_images(artifacts)
         # A run of its own (not re-opening the parent), so the training run's end time, and so its
-        # duration in the UI, stays that of training.
-        with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=run_name,
-                              parent_run_id=parent.info.run_id, tags=tags) as child:
+        # duration in the UI, stays that of training; it starts when the work did.
+        started = int((time.time() - max(work_seconds, 0.0)) * 1000)
+        created = client.create_run(parent.info.experiment_id, start_time=started, run_name=run_name,
+                                    tags=resolve_tags(tags))
+        with mlflow.start_run(run_id=created.info.run_id) as child:
             mlflow.log_params(params)
             mlflow.log_metrics(clean)
             mlflow.log_dict({k: v for k, v in metrics.items() if isinstance(v, int | float | str)},
@@ -76,7 +94,7 @@ class EvaluationLogger:
             for path in artifacts:
                 if Path(path).exists():
                     mlflow.log_artifact(str(path))
-            mlflow.set_tag("mlflow.note.content", _describe_evaluation(how, clean, key, artifacts))
+            mlflow.set_tag("mlflow.note.content", _describe_evaluation(how, clean, key, child.info.run_id, images))
         result = {"evaluation_run_id": child.info.run_id, "pipeline_run_id": parent.info.run_id,
                   "evaluation_key": key, "headline": headline}
         if headline:  # the pipeline run shows the evaluation of its own configuration, no other
@@ -86,13 +104,30 @@ class EvaluationLogger:
                                    RunTag("pokediff.eval_key", key),
                                    RunTag("mlflow.note.content", _with_headline(
                                        parent.data.tags.get("mlflow.note.content", ""), how, clean, key,
-                                       child.info.run_id, any(Path(a).name == "grid.png" and Path(a).exists()
-                                                              for a in artifacts)))])
+                                       child.info.run_id, parent.info.experiment_id, images))])
+            for name, path in images.items():  # Model metrics shows them at once (a single step, 0)
+                with Image.open(path) as image:
+                    client.log_image(parent.info.run_id, image.convert("RGB"), key=IMAGE_KEYS[name])
         version = self.info.get("model_version")
         if version and "fid" in clean:
             result.update(update_champion(str(version), clean["fid"], how or run_name, key=key,
                                           run_id=child.info.run_id))
         return result
+
+
+# The sample stage's images that an evaluation shows, by file name, and their image keys on the pipeline run.
+IMAGE_KEYS = {"grid.png": "final_samples", "progression.png": "denoising_steps"}
+IMAGE_ALT = {"grid.png": "final samples", "progression.png": "denoising steps (noise -> image, left to right)"}
+PREVIEW_HEIGHT = 260  # pixels: both images side by side in the description, the grid's first rows above its fold
+
+
+def _sample_images(artifacts: list[Path]) -> dict[str, Path]:
+    return {Path(a).name: Path(a) for a in artifacts if Path(a).name in IMAGE_KEYS and Path(a).is_file()}
+
+
+def _image_row(run_id: str, images: dict[str, Path]) -> str:
+    return " ".join(artifact_image(run_id, name, IMAGE_ALT[name], PREVIEW_HEIGHT) for name in IMAGE_KEYS
+                    if name in images)
 
 
 def is_configured_evaluation(train_params: dict[str, str], eval_params: dict[str, Any]) -> bool:
@@ -105,29 +140,46 @@ def is_configured_evaluation(train_params: dict[str, str], eval_params: dict[str
     return got == (want_sampler, str(want_steps), str(train_params.get("score.num_samples")))
 
 
-def _describe_evaluation(how: str, metrics: dict[str, float], key: str, artifacts: list[Path]) -> str:
-    names = [Path(a).name for a in artifacts if Path(a).exists()]
-    grid = " Sample grid: artifact `grid.png`." if "grid.png" in names else ""
+def _describe_evaluation(how: str, metrics: dict[str, float], key: str, run_id: str,
+                         images: dict[str, Path]) -> str:
     scores = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-    return f"**Evaluation** ({how}): {scores}.\n\nEvaluation key: `{key}`.{grid}\n"
+    lines = [_image_row(run_id, images), ""] if images else []
+    lines += [f"**Evaluation** ({how}): {scores}.", "", f"Evaluation key: `{key}`."]
+    if images:
+        lines[-1] += " Samples: artifacts " + ", ".join(f"`{name}`" for name in images) + "."
+    orchestrated = orchestration_lines()
+    if orchestrated:
+        lines += [""] + orchestrated
+    return "\n".join(lines) + "\n"
 
 
 HEADLINE_START, HEADLINE_END = "<!-- evaluation -->", "<!-- /evaluation -->"
 
 
 def _with_headline(description: str, how: str, metrics: dict[str, float], key: str, run_id: str = "",
-                   has_grid: bool = False) -> str:
-    """The training run's description with its headline evaluation on top (replacing an older one)."""
+                   experiment_id: str = "", images: dict[str, Path] | None = None) -> str:
+    """The training run's description with its headline evaluation on top (replacing an older one): the
+    final samples and the denoising steps first, so the run's page shows them without a click (the UI
+    folds a description after its first 100 pixels), then FID and KID."""
     if HEADLINE_START in description and HEADLINE_END in description:
         before, rest = description.split(HEADLINE_START, 1)
         description = before + rest.split(HEADLINE_END, 1)[1].lstrip("\n")
+    description = _without_image_row(description)
     fid, kid = metrics.get("fid"), metrics.get("kid_mean")
     head = f"### FID {fid:.2f}" if fid is not None else "### evaluation"
     if kid is not None:
         head += f" · KID {kid:.4f}"
-    grid = f" Sample grid: artifact `grid.png` of evaluation run `{run_id}`." if has_grid else ""
-    block = f"{HEADLINE_START}\n{head}\n\n{how}; evaluation key `{key}`.{grid}\n{HEADLINE_END}\n\n"
+    where = f" Samples: artifacts of the {run_link(experiment_id, run_id, 'evaluation run')}." if images else ""
+    rows = f"{_image_row(run_id, images)}\n\n" if images else ""
+    block = f"{HEADLINE_START}\n{rows}{head}\n\n{how}; evaluation key `{key}`.{where}\n{HEADLINE_END}\n\n"
     return block + description
+
+
+def _without_image_row(description: str) -> str:
+    """A description without its leading row of images (the in-training grid that training put on top):
+    the headline's images replace it."""
+    first, sep, rest = description.partition("\n")
+    return rest.lstrip("\n") if first.startswith("<a href=\"get-artifact?") else description
 
 
 def _alias_version(client: MlflowClient, alias: str):

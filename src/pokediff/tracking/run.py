@@ -32,6 +32,7 @@ from pokediff.tracking.served_model import log_and_register_model
 from pokediff.tracking.store import (
     MODEL_NAME,
     RUN_INFO_FILE,
+    artifact_image,
     configure,
     dataset_md5,
     dvc_data_hash,
@@ -39,9 +40,11 @@ from pokediff.tracking.store import (
     finite_metrics,
     git_commit,
     link_tags,
+    orchestration_lines,
     project_root,
     quick_http,
     read_json,
+    rounded_scores,
 )
 
 # During training every MLflow HTTP call gives up after one retry and a 10 s read timeout (MLflow's
@@ -244,7 +247,7 @@ class TrainingRun:
     # -- during training
     def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         self.last_step = max(self.last_step, step)
-        clean = {k: v for k, v in finite_metrics(metrics).items() if k in TRAIN_METRICS}
+        clean = rounded_scores({k: v for k, v in finite_metrics(metrics).items() if k in TRAIN_METRICS})
         if self.broken_since is None:
             self._call(mlflow.log_metrics, clean, step=step)
             if self.broken_since is None:
@@ -278,18 +281,22 @@ class TrainingRun:
             self._call(mlflow.set_tag, "pokediff.model_version", self.model_version)
         self._call(mlflow.set_tag, "pokediff.training", "complete")  # also after a stopped run was resumed
         self._call(mlflow.set_tag, "mlflow.note.content",
-                   describe_training(self.params, summary or {}, self.model_version, self.grid_artifact))
+                   describe_training(self.params, summary or {}, self.model_version, self.grid_artifact, self.run_id))
         self._write_run_info()
         return self.model_version
 
 
 def describe_training(params: Params, summary: dict[str, Any], model_version: str | None,
-                      grid_artifact: str | None) -> str:
-    """Markdown for tag mlflow.note.content of the training (pipeline) run."""
+                      grid_artifact: str | None, run_id: str | None = None) -> str:
+    """Markdown for tag mlflow.note.content of the training (pipeline) run: the last in-training sample
+    grid on top (until the score stage puts the final samples there), then the run's numbers."""
     p = params
-    lines = [f"**pokediff training**: {p.diffusion.schedule} schedule, {p.diffusion.prediction}-prediction, "
-             f"U-Net base {p.model.base_channels} x {list(p.model.channel_mults)}, "
-             f"{summary.get('steps', p.train.steps)} steps x batch {p.train.batch_size}", ""]
+    lines = []
+    if grid_artifact and run_id:
+        lines += [artifact_image(run_id, grid_artifact, "last in-training samples (EMA, DDIM)", 260), ""]
+    lines += [f"**pokediff training**: {p.diffusion.schedule} schedule, {p.diffusion.prediction}-prediction, "
+              f"U-Net base {p.model.base_channels} x {list(p.model.channel_mults)}, "
+              f"{summary.get('steps', p.train.steps)} steps x batch {p.train.batch_size}", ""]
     rows = [("final loss", summary.get("final_loss")), ("images/s", summary.get("images_per_second")),
             ("train seconds", summary.get("seconds")), ("parameters", summary.get("parameters")),
             ("dataset images", summary.get("dataset_images"))]
@@ -297,7 +304,11 @@ def describe_training(params: Params, summary: dict[str, Any], model_version: st
     if model_version:
         lines += ["", f"Registered model: `{MODEL_NAME}` version {model_version}."]
     if grid_artifact:
-        lines += ["", f"Sample grid: artifact `{grid_artifact}` (in-training grids: metric images `samples`)."]
+        lines += ["", f"Last in-training sample grid: artifact `{grid_artifact}` (each in-training grid: the image "
+                      "`samples` under Model metrics, one per evaluation step)."]
+    orchestrated = orchestration_lines()
+    if orchestrated:
+        lines += [""] + orchestrated
     return "\n".join(lines) + "\n"
 
 

@@ -11,9 +11,10 @@ import re
 import sqlite3
 import subprocess
 import sys
+from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -31,19 +32,23 @@ MODEL_NAME = "pokemon-ddpm"  # the registered model: one version per training ru
 RUN_INFO_FILE = "mlflow_run.json"
 # Links to the orchestrators that started a run (set by the Prefect flow and by `dvc exp run`).
 LINK_ENV = {"POKEDIFF_FLOW_RUN_ID": "pokediff.prefect_flow_run_id", "DVC_EXP_NAME": "pokediff.dvc_exp_name"}
+FLOW_RUN_URL_ENV = "POKEDIFF_FLOW_RUN_URL"  # the flow run's page in the Prefect UI, for the run's description
 # What marks the project root: the folder `pokediff` walks up to from the working directory.
 PROJECT_MARKERS = ("dvc.yaml", "params.yaml", ".dvc")
 # MLflow 3's UI opens an experiment on its GenAI overview unless the experiment says it is for model
 # training (read by the UI from this tag; "custom_model_development" is its model-training kind).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
-# A saved view of the runs table with FID, KID, loss and the sampler as columns, best FID first. The UI
+# A saved view of the runs table with FID, KID, loss and the sampler as columns, newest first. The UI
 # loads it from this experiment tag when opened with ?viewStateShareKey=pokediff (its "Share" feature;
 # plain JSON is accepted there), e.g. http://127.0.0.1:5000/#/experiments/1/runs?viewStateShareKey=pokediff
+# Ordered by start time because MLflow 3.17's table nests child runs under their parent only then (any
+# other order or a search filter lists them flat): one row per pipeline run, its evaluations (the
+# pipeline's own, which put their FID on it, and any re-score or sweep point) folded under it.
 RUNS_VIEW_KEY = "pokediff"
 RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
 RUNS_VIEW = {
-    "searchFilter": "", "orderByKey": "metrics.`fid`", "orderByAsc": True,
+    "searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False,
     "selectedColumns": ["metrics.`fid`", "metrics.`kid_mean`", "metrics.`loss`", "params.`sample.sampler`",
                         "params.`sample.steps`", "params.`diffusion.schedule`", "params.`train.steps`",
                         "tags.`pokediff.eval_key`"],
@@ -134,7 +139,14 @@ def configure(experiment: str = EXPERIMENT_NAME) -> str:
     if found is not None:
         if local:
             _relocate_if_moved(store, found.artifact_location)
-        return mlflow.set_experiment(experiment).experiment_id
+        experiment_id = mlflow.set_experiment(experiment).experiment_id
+        for key, value in EXPERIMENT_TAGS.items():  # a store made by an older version gets today's view
+            if found.tags.get(key) != value:
+                try:
+                    mlflow.set_experiment_tag(key, value)
+                except MlflowException:  # e.g. a team server where this user may only read the experiment
+                    break
+        return experiment_id
     location = (store.parent / "artifacts").as_uri() if local else None
     try:
         experiment_id = mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
@@ -304,6 +316,43 @@ def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 _METRIC_NAME_UNSAFE = re.compile(r"[^0-9A-Za-z_\-. :/]")
+
+# Decimals the scores are logged to MLflow with: what tells runs apart (FID moves by more than 0.01
+# between seeds), so the runs table shows 198.43 rather than 198.434386... The metrics JSON that DVC
+# tracks keeps every digit.
+SCORE_DECIMALS = {"fid": 2, "eval_fid": 2, "kid_mean": 4, "kid_std": 4, "eval_kid_mean": 4,
+                  "memorisation_share_below_train_nn": 4}
+
+
+def rounded_scores(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, SCORE_DECIMALS[k]) if k in SCORE_DECIMALS else v for k, v in metrics.items()}
+
+
+def artifact_image(run_id: str, path: str, alt: str, height: int) -> str:
+    """HTML for a run's description: the run's image artifact ``path`` as the MLflow UI serves it, and a
+    link to it at full size. The address is relative to the UI's page, so it works on any server
+    (`mlflow ui`, a team's `mlflow server`, behind a prefix) without knowing its address."""
+    url = f"get-artifact?path={quote(path)}&amp;run_uuid={quote(run_id)}"
+    return (f'<a href="{url}" target="_blank"><img src="{url}" alt="{escape(alt)}" title="{escape(alt)}" '
+            f'height="{int(height)}"></a>')
+
+
+def run_link(experiment_id: str, run_id: str, text: str) -> str:
+    """Markdown link to a run's page in the same MLflow UI."""
+    return f"[{text}](#/experiments/{quote(str(experiment_id))}/runs/{quote(str(run_id))})"
+
+
+def orchestration_lines() -> list[str]:
+    """Markdown lines naming the Prefect flow run (a link when its page is known) and the DVC experiment
+    that produced a run, for its description."""
+    lines = []
+    flow_run_id, url = os.environ.get("POKEDIFF_FLOW_RUN_ID"), os.environ.get(FLOW_RUN_URL_ENV)
+    if flow_run_id:
+        shown = f"[{flow_run_id[:8]}]({url})" if url else f"`{flow_run_id}`"
+        lines.append(f"Prefect flow run {shown}")
+    if os.environ.get("DVC_EXP_NAME"):
+        lines.append(f"DVC experiment `{os.environ['DVC_EXP_NAME']}`")
+    return [" · ".join(lines)] if lines else []
 
 
 def read_run_info(train_out_dir: str | Path) -> dict[str, Any]:
