@@ -12,6 +12,7 @@ import yaml
 
 from pokediff.data.fetch import FetchError, fetch_sprites, file_sha256, matches_pin
 from pokediff.data.sprites import TARBALL_NAME, TARBALL_SHA256, TARBALL_SIZE
+from pokediff.data.type_labels import TARBALL_SIZE as LABELS_SIZE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,7 +70,8 @@ def test_fresh_checkout_fetch_leaves_dvc_status_clean(
 ) -> None:
     """A fresh checkout (data.dvc, empty DVC cache, no data/) + fetch-data: `dvc status data.dvc` is clean."""
     pin = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]
-    assert (pin["path"], pin["nfiles"], pin["size"]) == ("data", 1, TARBALL_SIZE)
+    # the sprites and the type labels (pokediff.data.type_labels), nothing else
+    assert (pin["path"], pin["nfiles"], pin["size"]) == ("data", 2, TARBALL_SIZE + LABELS_SIZE)
     shutil.copy(REPO / "data.dvc", tmp_path / "data.dvc")
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)

@@ -44,9 +44,14 @@ class ManifestRow:
     std: float
     background_fraction: float
     sha256: str  # of the pixels, not of the PNG bytes
+    types: str = ""  # the species' types, "fire;flying" (pokediff.pokemon_types); "" = unlabelled
 
 
 MANIFEST_COLUMNS = [f.name for f in fields(ManifestRow)]
+TYPES_COLUMN = "types"
+# An unlabelled dataset (a user's own folder) is written without the types column, byte for byte as
+# before labels existed: its manifest hash, and the DVC and MLflow records made from it, do not move.
+UNLABELLED_COLUMNS = [c for c in MANIFEST_COLUMNS if c != TYPES_COLUMN]
 
 # A pixel counts as background when no channel differs from the background colour by more than
 # this (0..255 scale). Lanczos leaves faint ringing next to edges; 8 keeps that out of the content.
@@ -84,9 +89,11 @@ class QuarantineRow:
     reason: str
 
 
-def write_manifest(rows: list[ManifestRow], path: Path) -> None:
+def write_manifest(rows: list[ManifestRow], path: Path, *, labelled: bool = False) -> None:
+    """manifest.csv; the types column only for a labelled dataset (see UNLABELLED_COLUMNS)."""
+    columns = MANIFEST_COLUMNS if labelled else UNLABELLED_COLUMNS
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             record = asdict(row)
@@ -95,12 +102,13 @@ def write_manifest(rows: list[ManifestRow], path: Path) -> None:
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    """manifest.csv as a DataFrame with stable dtypes (species_id nullable Int64, form as str)."""
+    """manifest.csv as a DataFrame with stable dtypes (species_id nullable Int64, form and types as str;
+    an unlabelled manifest has no types column)."""
     import pandas as pd  # local: keeps ingest worker processes free of the pandas import
 
     frame = pd.read_csv(
         path,
-        dtype={"path": str, "source": str, "form": str, "variant": str, "mode": str, "sha256": str},
+        dtype={"path": str, "source": str, "form": str, "variant": str, "mode": str, "sha256": str, "types": str},
         keep_default_na=False,
         na_values={"species_id": [""], "mean": [""], "std": [""], "background_fraction": [""]},
     )
