@@ -137,6 +137,7 @@ class ValidateConfig(_Section):
 
     min_images: int = Field(1000, ge=1)
     min_per_variant: int = Field(100, ge=0)
+    min_per_type: int = Field(50, ge=0)  # labelled datasets (the sprites): images per Pokémon type, each type
     max_species_id: int = Field(1025, ge=1)  # National Pokédex numbers run 1..1025 (generation IX)
     max_background_fraction: float = Field(0.97, gt=0.0, le=1.0)
     min_pixel_std: float = Field(3.0, ge=0.0)  # on the 0..255 scale; below = almost uniform
