@@ -45,6 +45,7 @@ from pokediff.choices import (
     SPACINGS,
 )
 from pokediff.errors import UsageError, shorten
+from pokediff.pokemon_types import parse_label, request_text
 
 ScheduleName = Literal[SCHEDULES]
 Prediction = Literal[PREDICTIONS]
@@ -159,6 +160,9 @@ class ModelConfig(_Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     resolution: int = Field(64, ge=8)  # input size; used to place attention levels
     groups: int = Field(32, ge=1)  # GroupNorm groups (clamped to divide the channel count)
+    # "type": the network also takes the Pokémon's types (a label embedding added to the time embedding,
+    # with a learned null label), for classifier-free guidance; "none": unconditional, as before.
+    condition: Literal["none", "type"] = "none"
 
     @field_validator("channel_mults")
     @classmethod
@@ -201,6 +205,9 @@ class TrainConfig(_Section):
     # instead of restarting it. Any other key, including one added later, is in the fingerprint.
     BOOKKEEPING: ClassVar[frozenset[str]] = frozenset(
         {"log_every", "checkpoint_every", "eval_every", "eval_num_samples", "eval_sampler_steps", "out_dir"})
+    # Keys only a conditional model (model.condition != none) uses: an unconditional run's fingerprint
+    # leaves them out, so it stays what it was before they existed.
+    CONDITIONING: ClassVar[frozenset[str]] = frozenset({"cond_drop", "cond_one_type"})
 
     steps: int = Field(20_000, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -216,6 +223,11 @@ class TrainConfig(_Section):
     compile: bool = False
     channels_last: bool = False
     hflip: bool = True
+    # Conditional models: the share of images shown with the null label (classifier-free guidance learns
+    # the unconditional model from them), and the share of a two-type image's other draws that show one
+    # of its two types alone (so "fire" alone means any fire-type Pokémon; see pokediff.training.labels).
+    cond_drop: float = Field(0.1, ge=0.0, le=1.0)
+    cond_one_type: float = Field(0.5, ge=0.0, le=1.0)
     seed: int = 0
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(10, ge=1)
@@ -252,6 +264,16 @@ class SampleConfig(_Section):
     seed: int = 0
     use_ema: bool = True
     out_dir: str = "outputs/samples"
+    # Type-conditional models only: the labels asked for, each "fire" or "fire/flying", taken in turn
+    # image by image (empty: all 18 types in turn), and the classifier-free guidance scale w (0: the plain
+    # conditional model; 1-4 typical). An unconditional model refuses both (a one-line error).
+    types: list[str] = []
+    guidance: float = Field(0.0, ge=0.0, le=50.0)
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, v: list[str]) -> list[str]:
+        return [request_text(parse_label(text)) for text in v]  # UnknownTypeError is a ValueError
 
     @model_validator(mode="after")
     def _eta_only_where_it_counts(self) -> SampleConfig:

@@ -56,3 +56,12 @@ def parse_manifest_types(text: str) -> tuple[str, ...]:
 def request_text(types: Iterable[str]) -> str:
     """("fire", "flying") -> "fire/flying": how a label is shown in file names, logs and metrics keys."""
     return REQUEST_SEPARATOR.join(types)
+
+
+def multi_hot(types: Iterable[str]) -> list[int]:
+    """("fire", "flying") -> [0, 1, 0, ..., 1, ...] (NUM_TYPES entries): one label row of the network's
+    input (torch.tensor of a list of these is (B, NUM_TYPES)); () -> all zeros, the null label."""
+    row = [0] * NUM_TYPES
+    for name in types:
+        row[TYPE_INDEX[name]] = 1
+    return row

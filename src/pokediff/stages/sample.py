@@ -3,7 +3,11 @@
     pokediff sample --checkpoint outputs/train/model.safetensors --sampler ddim --steps 50 --out grid.png
 
 Writes the individual PNGs (``--images-dir``, default: next to the grid in <grid stem>_images/ or
-sample.out_dir/images), a grid, a denoising progression strip and sample_info.json.
+sample.out_dir/images), a grid, a denoising progression strip, a per-type grid (type_grid.png),
+labels.csv (each image's requested type) and sample_info.json. A type-conditional model samples the
+types asked for (--type, sample.types; all in turn by default) with guidance --guidance (sample.guidance):
+
+    pokediff sample --type water --guidance 2 --num-images 16 --out water.png
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from pokediff.cli import add_common_arguments
 from pokediff.config import load_params
 from pokediff.errors import UsageError
 
+LABELS_NAME = "labels.csv"  # beside sample_info.json: image,type
+TYPE_GRID_NAME = "type_grid.png"  # beside grid.png: a row of samples per type
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
@@ -33,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-images", type=int, help="how many images (sample.num_images)")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (sample.batch_size)")
     parser.add_argument("--seed", type=int, help="(sample.seed)")
+    parser.add_argument("--type", dest="types", action="append", metavar="TYPE",
+                        help="type-conditional models: a Pokémon type, or two as fire/flying (repeatable; "
+                             "sample.types; default: every type in turn)")
+    parser.add_argument("--guidance", type=float,
+                        help="classifier-free guidance scale w, 0 = plain conditional (sample.guidance)")
     parser.add_argument("--out", help="grid PNG path (default: <sample.out_dir>/grid.png)")
     parser.add_argument("--images-dir", help="folder for the individual PNGs")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
@@ -42,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     flags = {"sample.sampler": args.sampler, "sample.steps": args.steps, "sample.eta": args.eta,
              "sample.spacing": args.spacing, "sample.num_images": args.num_images,
-             "sample.batch_size": args.batch_size, "sample.seed": args.seed}
+             "sample.batch_size": args.batch_size, "sample.seed": args.seed, "sample.types": args.types,
+             "sample.guidance": args.guidance}
     params = load_params(args.params, args.overrides, flags)
     cfg = params.sample
 
@@ -76,16 +89,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"sample: {done}/{total} images, {done / elapsed:.1f} img/s, ETA {eta:.0f} s", flush=True)
 
     result = generate(model, diffusion_cfg, cfg, steps=steps, images_dir=images_dir, grid_path=grid_path,
-                      strip_path=grid_path.with_name("progression.png"), on_batch=progress)
+                      strip_path=grid_path.with_name("progression.png"),
+                      type_grid_path=grid_path.with_name(TYPE_GRID_NAME), on_batch=progress)
     seconds = time.perf_counter() - t0
     info = {"source": source, "sampler": cfg.sampler, "steps": result.steps, "eta": cfg.eta,
             "spacing": result.spacing, "num_images": cfg.num_images, "seed": cfg.seed,
+            "conditional": result.labels is not None, "types": cfg.types, "guidance": cfg.guidance,
             "seconds": round(seconds, 2), "images_per_second": round(cfg.num_images / seconds, 3)}
     grid_path.parent.mkdir(parents=True, exist_ok=True)
     (grid_path.parent / "sample_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"pokediff sample: {cfg.num_images} images ({cfg.sampler}, {result.steps} steps) in {seconds:.1f} s "
-          f"-> {images_dir}/, grid {grid_path}")
+    write_labels_csv(grid_path.parent / LABELS_NAME, images_dir, result)
+    conditioned = "" if result.labels is None else (
+        f", types {', '.join(cfg.types) or 'all in turn'}, guidance {cfg.guidance:g}")
+    print(f"pokediff sample: {cfg.num_images} images ({cfg.sampler}, {result.steps} steps{conditioned}) in "
+          f"{seconds:.1f} s -> {images_dir}/, grid {grid_path}")
     return 0
+
+
+def write_labels_csv(path: Path, images_dir: Path, result) -> None:
+    """labels.csv beside sample_info.json: each image file and the type it was asked for (the score stage's
+    per-type FID reads it); the header alone for an unconditional model."""
+    lines = ["image,type"]
+    if result.labels is not None:
+        lines += [f"{Path(p).relative_to(images_dir).as_posix()},{label}"
+                  for p, label in zip(result.paths, result.labels, strict=True)]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def load_for_sampling(checkpoint: str | None, model_uri: str | None, *, use_ema: bool = True,
