@@ -25,7 +25,7 @@ from pokediff.diffusion import NoiseSchedule, from_x0_eps, guided, reverse_proce
 S = 0.5
 MU = {"a": 0.3, "b": -0.2}  # class means
 MU_NULL = 0.05  # the null label's Gaussian
-N_PER_CLASS = 5_000
+N_PER_CLASS = 4_000
 
 
 def labelled_oracle(sched: NoiseSchedule, prediction: str, calls: list[int]):
@@ -46,10 +46,14 @@ def labelled_oracle(sched: NoiseSchedule, prediction: str, calls: list[int]):
     return net
 
 
-@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
-@pytest.mark.parametrize("sampler,steps", [("ddpm", 250), ("ddim", 100), ("dpmpp2m", 25)])
-@pytest.mark.parametrize("w", [0.0, 1.0, 3.0])
-def test_guided_samples_land_at_the_closed_form_mean(prediction, sampler, steps, w):
+CASES = [  # sampler, steps, prediction, w: every sampler, every prediction type, no and strong guidance
+    ("ddpm", 250, "eps", 2.0), ("ddim", 100, "eps", 2.0), ("dpmpp2m", 20, "eps", 2.0),
+    ("ddim", 100, "v", 3.0), ("dpmpp2m", 20, "x0", 1.0), ("dpmpp2m", 20, "v", 0.0),
+]
+
+
+@pytest.mark.parametrize("sampler,steps,prediction,w", CASES)
+def test_guided_samples_land_at_the_closed_form_mean(sampler, steps, prediction, w):
     sched = NoiseSchedule("cosine", 1000)
     labels = torch.tensor([[1.0, 0.0]] * N_PER_CLASS + [[0.0, 1.0]] * N_PER_CLASS)  # (2N, 2): a, then b
     calls: list[int] = []
@@ -59,7 +63,7 @@ def test_guided_samples_land_at_the_closed_form_mean(prediction, sampler, steps,
                         generator=torch.Generator().manual_seed(0))
     for i, name in enumerate(("a", "b")):
         part = x[i * N_PER_CLASS:(i + 1) * N_PER_CLASS]
-        expected = MU[name] + w * (MU[name] - MU_NULL)  # 20,000 draws: the sample mean's std is ~0.0035
+        expected = MU[name] + w * (MU[name] - MU_NULL)  # 16,000 draws: the sample mean's std is ~0.004
         assert float(part.mean()) == pytest.approx(expected, abs=0.02), (name, float(part.mean()), expected)
         assert float(part.std()) == pytest.approx(S, rel=0.03)
     # one network call per step, on a batch of 2B (conditional + null) when guided, B when w = 0

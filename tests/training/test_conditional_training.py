@@ -50,7 +50,8 @@ def labelled_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def conditional_model(labelled_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train")
     code = run_cli("train", "--data", str(labelled_dataset), "--out-dir", str(out), "--no-track", "--no-progress",
-                   *TINY_CLI_OVERRIDES, "-S", "model.condition=type", "-S", "train.steps=40", "-S", "train.batch_size=8",
+                   *TINY_CLI_OVERRIDES, "-S", "model.condition=type", "-S", "train.steps=40",
+                   "-S", "train.batch_size=8",
                    "-S", "train.lr=0.002", "-S", "train.warmup_steps=4", "-S", "train.eval_every=0",
                    "-S", "diffusion.timesteps=100")
     assert code == 0
