@@ -292,6 +292,10 @@ class ScoreConfig(_Section):
     kid_subsets: int = Field(100, ge=1)
     ref_max_images: int = Field(0, ge=0)  # fixed-seed random subset of the training images; 0 = all
     ref_stats: str = "outputs/ref_stats/ref_stats.npz"
+    # Type-conditional models: per-type reference statistics (`pokediff ref-stats --per-type`), at most
+    # this many images per type (0 = all; a fixed-seed subset), and where they go.
+    ref_max_per_type: int = Field(0, ge=0)
+    ref_stats_types: str = "outputs/ref_stats_types"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # auto = cuda if available
     seed: int = 0  # reference subset and KID subset draws
     out_dir: str = "outputs/score"
