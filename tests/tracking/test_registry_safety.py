@@ -89,7 +89,7 @@ def test_registered_model_is_code_and_safetensors_only(registry, tmp_path):
     assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # models from code: no cloudpickle
     assert pyfunc["artifacts"]["weights"]["path"] == "artifacts/model.safetensors"
     inputs = [c["name"] for c in json.loads(mlmodel["signature"]["inputs"])]
-    assert inputs == ["num_images", "sampler", "steps", "seed", "eta"]
+    assert inputs == ["num_images", "sampler", "steps", "seed", "eta", "type", "guidance"]
     assert mlmodel["metadata"]["step"] == 7 and mlmodel["metadata"]["format"] == "pokediff-model-v2"
     weights = load_file(local / "artifacts" / "model.safetensors")
     registered = load_file(registry / "run" / "model.safetensors")
