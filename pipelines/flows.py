@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = cli_overrides("python -m pipelines.flows", args.params_file, args.overrides)
     if overrides is None:
         return 2
+    if not team_preflight("python -m pipelines.flows"):
+        return 1
     state = pokediff_pipeline(schedule=args.schedule, sampler=args.sampler, train_steps=args.train_steps,
                               overrides=overrides, return_state=True)
     code = report_state("pokediff-pipeline", state)
@@ -323,6 +325,22 @@ def cli_overrides(prog: str, params_file: str | None, overrides: list[str]) -> l
     except ValueError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None
+
+
+def team_preflight(prog: str) -> bool:
+    """This machine's team settings (environment, then team.env) loaded, and each configured server's login
+    checked before any work: False after one line on stderr naming the setting (a wrong password, a server
+    that does not answer). Nothing configured: nothing to check (Prefect's temporary server, mlruns/)."""
+    from pokediff.team import settings
+
+    try:
+        settings.load()
+        settings.check_prefect()
+        settings.check_mlflow()
+    except settings.TeamSettingsError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _markdown_text(text: str) -> str:

@@ -37,7 +37,7 @@ from prefect.states import Failed
 
 from pipelines import dvc_tasks
 from pipelines.dvc_tasks import LOCK_FILE, PARAMS_FILE, StepFailed
-from pipelines.flows import check_overrides, cli_overrides, experiment_name, link_env, report_state
+from pipelines.flows import check_overrides, cli_overrides, experiment_name, link_env, report_state, team_preflight
 from pokediff.choices import SAMPLERS
 from pokediff.env import set_offline_defaults
 
@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = cli_overrides("python -m pipelines.sweep", args.params_file, args.overrides)
     if overrides is None:
         return 2
+    if not team_preflight("python -m pipelines.sweep"):
+        return 1
     state = pokediff_sweep(grid=args.grid, num_images=args.num_images, overrides=overrides, out_dir=args.out_dir,
                            guidance=args.guidance, return_state=True)
     code = report_state("pokediff-sweep", state)

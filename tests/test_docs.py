@@ -54,7 +54,8 @@ GENERATED = {
     "outputs/dataset/.ingest-rejected": "ingest, for a dataset it judged unusable",
 }
 # Made by installing, fetching or running; not in a fresh checkout, so not checked for existence.
-UNCHECKED_ROOTS = {".venv", "mlruns", "data", ".prefect", ".cache", "dvc_plots", ".dvc/tmp"}
+UNCHECKED_ROOTS = {".venv", "mlruns", "data", ".prefect", ".cache", "dvc_plots", ".dvc/tmp", ".dvc/config.local",
+                   ".team", "team.env"}  # made at run time or by the user (git-ignored)
 RUN_TIMEOUT_S = 300
 
 

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pokediff.files import write_atomic
+
 if TYPE_CHECKING:
     import torch
 
@@ -71,11 +73,8 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def save_png(image: torch.Tensor, path: str | Path) -> Path:
-    """uint8 (C, H, W) -> a PNG file at ``path`` (folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_png(to_pil(image)))
-    return path
+    """uint8 (C, H, W) -> a PNG file at ``path`` (folders created), written whole or not at all."""
+    return write_atomic(path, encode_png(to_pil(image)))
 
 
 def save_pngs(images: torch.Tensor, directory: str | Path, start: int = 0) -> list[Path]:
@@ -115,10 +114,7 @@ def save_labelled_rows(rows: list[tuple[str, torch.Tensor]], path: str | Path, l
         draw.text((4, top + h // 2 - 5), label, fill=(0, 0, 0))
         if images.shape[0]:
             canvas.paste(to_pil(make_grid(images, ncols=images.shape[0], pad=pad)), (label_width, top - pad))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_png(canvas.convert("RGB")))
-    return path
+    return write_atomic(path, encode_png(canvas.convert("RGB")))
 
 
 # ----------------------------------------------------------------------------------------------

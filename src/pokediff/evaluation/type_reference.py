@@ -28,6 +28,8 @@ from pokediff.evaluation.reference import (
     save_reference_stats,
     stats_from_features,
 )
+from pokediff.files import write_atomic
+from pokediff.limits import read_small_json
 from pokediff.pixels import content_hash
 from pokediff.pokemon_types import TYPES, parse_manifest_types
 
@@ -83,7 +85,7 @@ def compute_type_reference_stats(dataset_dir: str | Path, out_dir: str | Path, *
             stats = stats_from_features(features[[row_of[i] for i in rows]], index[name]["content_hash"], ext_id,
                                         [union[i] for i in rows])
             save_reference_stats(stats, out_dir / f"{name}.npz")
-    (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    write_atomic(out_dir / INDEX_NAME, json.dumps(index, indent=2, sort_keys=True) + "\n")
     return index
 
 
@@ -104,8 +106,10 @@ def load_type_reference_stats(out_dir: str | Path) -> dict[str, ReferenceStats]:
     if not index_path.is_file():
         raise FileNotFoundError(f"{index_path}: per-type reference statistics not found "
                                 "(run `pokediff ref-stats --per-type` first)")
-    index = json.loads(index_path.read_text())
+    index = read_small_json(index_path)
     out = {}
+    if not isinstance(index, dict):
+        raise ValueError(f"{index_path}: expected a JSON object of types")
     for name, entry in index.items():
         if name not in TYPES or not isinstance(entry, dict):
             raise ValueError(f"{index_path}: unexpected entry {str(name)[:40]!r}")

@@ -24,7 +24,8 @@ from pokediff.data.sources import SourceError
 from pokediff.data.sprites import TARBALL_NAME
 from pokediff.data.type_labels import TARBALL_NAME as LABELS_TARBALL_NAME
 from pokediff.data.type_labels import load_type_table
-from pokediff.errors import PokediffError
+from pokediff.errors import PokediffError, one_line
+from pokediff.stopping import Stopped, signal_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
         report = ingest(source, out_dir, data, sprite_layout=sprite_layout, progress=not args.quiet,
                         type_source=types)
     except PokediffError as exc:  # IngestError, SourceError, LockedError (another ingest writes here), ...
-        print(f"pokediff ingest: {exc}", file=sys.stderr)
+        print(f"pokediff ingest: {one_line(str(exc))}", file=sys.stderr)
         return 1
+    except Stopped as stop:  # the new dataset is built beside the old one and dropped (data/ingest.py)
+        raise stop.explained(f"stopped by {signal_name(stop.signum)}; the dataset in {out_dir} is unchanged "
+                             "(the half-built one was removed)") from None
     summary = report.summary
     per_variant = ", ".join(f"{k} {v}" for k, v in summary["images_per_variant"].items())
     print(

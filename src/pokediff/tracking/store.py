@@ -16,10 +16,12 @@ from typing import Any
 from urllib.parse import unquote
 
 import mlflow
-import yaml
 from mlflow.exceptions import MlflowException
 
+from pokediff.config import parse_yaml
 from pokediff.errors import PokediffError, shorten
+from pokediff.limits import read_json_text
+from pokediff.team.settings import named, redact_url
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # relative to the project root (see project_root)
 STORE_DIR = "mlruns"
@@ -121,14 +123,14 @@ def configure(experiment: str = EXPERIMENT_NAME) -> str:
         store = Path(uri.removeprefix("sqlite:///"))
         store.parent.mkdir(exist_ok=True)
         _project_uri_set = uri
+    if uri.startswith("sqlite:///"):
+        check_sqlite_store(Path(uri.removeprefix("sqlite:///")))
     mlflow.set_tracking_uri(uri)
     try:
         with quick_http():
             found = mlflow.get_experiment_by_name(experiment)
     except Exception as exc:  # requests' ConnectionError, MlflowException, OSError, ...
-        raise TrackingError(
-            f"MLflow store {uri} not reachable ({error_words(exc)}); start the server, unset "
-            "MLFLOW_TRACKING_URI to use the project store, or pass --no-track") from None
+        raise TrackingError(_store_failure(uri, exc)) from None
     if found is not None:
         if local:
             _relocate_if_moved(store, found.artifact_location)
@@ -140,6 +142,26 @@ def configure(experiment: str = EXPERIMENT_NAME) -> str:
         experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+SQLITE_PROBE_SECONDS = 30  # a concurrent stage may hold the write lock for a commit
+
+
+def check_sqlite_store(store: Path) -> None:
+    """Open the SQLite file of an MLflow store directly, in seconds, before MLflow does: MLflow retries a
+    database it cannot open for about two minutes, logging a warning of several lines per attempt.
+    TrackingError (one line) when it is not a file, not an SQLite database or cannot be opened; a
+    missing file is created empty (MLflow creates its tables in it)."""
+    if store.exists() and not store.is_file():
+        raise TrackingError(f"MLflow store {store} is not a file; move it away or set MLFLOW_TRACKING_URI, "
+                            "or pass --no-track")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{store.resolve().as_uri()}?mode=rwc", uri=True,
+                                                timeout=SQLITE_PROBE_SECONDS)) as db:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        raise TrackingError(f"MLflow store {store} cannot be opened ({shorten(str(exc), 120)}); move it away to "
+                            "start a new store, set MLFLOW_TRACKING_URI, or pass --no-track") from None
 
 
 def error_words(exc: BaseException) -> str:
@@ -157,6 +179,26 @@ def error_words(exc: BaseException) -> str:
 def link_tags() -> dict[str, str]:
     """Tags that tie a run to the Prefect flow run and the DVC experiment that produced it."""
     return {tag: os.environ[var] for var, tag in LINK_ENV.items() if os.environ.get(var)}
+
+
+def _store_failure(uri: str, exc: BaseException) -> str:
+    """One line for a store that refused or did not answer: the setting to fix, no secret (the URI is
+    shown without any user:password part)."""
+    shown = redact_url(uri)
+    code = getattr(exc, "error_code", None)
+    if code == "UNAUTHENTICATED":
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if not user:
+            return (f"{named('MLFLOW_TRACKING_USERNAME')}: not set, and the MLflow server {shown} asks for a login; "
+                    "set it and MLFLOW_TRACKING_PASSWORD (environment or team.env), or pass --no-track")
+        return (f"{named('MLFLOW_TRACKING_PASSWORD')}: the MLflow server {shown} refused the login of user "
+                f"{user!r}; fix MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, or pass --no-track")
+    if code == "PERMISSION_DENIED":
+        return (f"{named('MLFLOW_TRACKING_USERNAME')}: user {os.environ.get('MLFLOW_TRACKING_USERNAME')!r} may not "
+                f"use experiment {EXPERIMENT_NAME!r} on {shown}; ask the server's admin for access")
+    return (f"MLflow store {shown} not reachable ({error_words(exc)}); start the server, unset "
+            "MLFLOW_TRACKING_URI to use the project store, or pass --no-track")
+
 
 
 def _relocate_if_moved(store: Path, artifact_location: str) -> None:
@@ -204,10 +246,10 @@ def git_commit(cwd: str | Path | None = None) -> str:
 
 def dvc_data_hash(dvc_file: str | Path = "data.dvc") -> str:
     """The md5 that data.dvc pins for data/ (what the raw source was), or "unknown"."""
-    try:
-        outs = yaml.safe_load(_read_small(Path(dvc_file)) or "")["outs"]
+    try:  # the bounded loader: no aliases, no deep nesting (a .dvc file has neither)
+        outs = parse_yaml(_read_small(Path(dvc_file)) or "")["outs"]
         return str(outs[0]["md5"])
-    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+    except (OSError, KeyError, IndexError, TypeError, ValueError):
         return "unknown"
 
 
@@ -217,13 +259,13 @@ def dataset_md5(root: Path | None, dataset_dir: Path) -> str | None:
         return None
     lock = _read_small(root / "dvc.lock")
     try:
-        stages = yaml.safe_load(lock)["stages"] if lock else {}
+        stages = parse_yaml(lock)["stages"] if lock else {}
         wanted = (dataset_dir.resolve() / "images").relative_to(root).as_posix()
         for stage in stages.values():
             for out in stage.get("outs", []):
                 if out.get("path") == wanted and out.get("md5"):
                     return str(out["md5"])
-    except (KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         pass
     return None
 
@@ -243,7 +285,7 @@ def _read_small(path: Path, limit: int = MAX_SMALL_FILE) -> str | None:
 def read_json(path: Path) -> dict[str, Any]:
     text = _read_small(Path(path))
     try:
-        value = json.loads(text) if text else {}
+        value = read_json_text(text, str(path)) if text else {}
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
