@@ -40,6 +40,7 @@ from pipelines.dvc_tasks import LOCK_FILE, PARAMS_FILE, StepFailed
 from pokediff.choices import SAMPLERS, SCHEDULES
 from pokediff.config import ConfigError, load_params, overlay_overrides, write_overrides
 from pokediff.env import set_offline_defaults
+from pokediff.pokemon_types import UnknownTypeError, parse_label, request_text
 from pokediff.stages.sample import sample_files
 
 
@@ -357,18 +358,33 @@ def pokediff_pipeline(schedule: str | None = None, sampler: str | None = None, t
 
 @flow(name="sample-from-champion", log_prints=True)
 def sample_from_champion(num_images: int = 64, sampler: str = "ddim", steps: int = 50,
-                         out: str = "outputs/champion/grid.png"):
-    """Generate images with the registered model that carries the `champion` alias."""
+                         out: str = "outputs/champion/grid.png", pokemon_type: str | None = None,
+                         guidance: float = 0.0):
+    """Generate images with the registered model that carries the `champion` alias.
+
+    pokemon_type: a type-conditional champion only: "water" or "water/flying" (default: every type in turn)
+    guidance:     its classifier-free guidance scale w (0 = plain conditional)"""
     if sampler not in SAMPLERS:
         return Failed(message=f"invalid flow parameter: sampler={sampler!r} (one of {', '.join(SAMPLERS)})")
     if num_images < 1 or steps < 1:
         return Failed(message=f"invalid flow parameter: num_images={num_images}, steps={steps} (both >= 1)")
+    typed = []
+    if pokemon_type:
+        try:
+            typed += ["--type", request_text(parse_label(pokemon_type))]
+        except UnknownTypeError as exc:
+            return Failed(message=f"invalid flow parameter: pokemon_type: {exc}")
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 50:
+        return Failed(message=f"invalid flow parameter: guidance={guidance!r} (a number from 0 to 50)")
+    if guidance:
+        typed += ["--guidance", str(float(guidance))]
 
     @task(name="sample", task_run_name="sample")
     def sample() -> None:
         dvc_tasks.run_streaming(
             ["pokediff", "sample", "--model", "models:/pokemon-ddpm@champion", "--sampler", sampler,
-             "--steps", str(steps), "--num-images", str(num_images), "--out", out], get_run_logger(), link_env())
+             "--steps", str(steps), "--num-images", str(num_images), "--out", out, *typed], get_run_logger(),
+            link_env())
 
     try:
         sample()

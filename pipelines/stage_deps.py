@@ -32,6 +32,7 @@ STAGE_MODULES = {
     "ingest": "pokediff.stages.ingest",
     "validate": "pokediff.stages.validate",
     "ref_stats": "pokediff.stages.ref_stats",
+    "ref_stats_types": "pokediff.stages.ref_stats",  # `pokediff ref-stats --per-type`
     "train": "pokediff.stages.train",
     "sample": "pokediff.stages.sample",
     "score": "pokediff.stages.score",

@@ -1,6 +1,11 @@
-"""`pokediff-sweep`: FID against the number of network evaluations (NFE) for one trained model.
+"""`pokediff-sweep`: FID against the number of network evaluations (NFE) for one trained model, and for a
+type-conditional model FID against the guidance scale w.
 
     python -m pipelines.sweep --grid ddim:10 ddim:25 ddim:50 dpmpp2m:10 dpmpp2m:20 -S sample.num_images=300
+    python -m pipelines.sweep --grid ddim:25 dpmpp2m:20 --guidance 0 1 2 4 -S model.condition=type
+
+With --guidance every grid point is sampled at each w (sample.guidance); the result adds a FID-vs-w plot,
+one line per sampler, and the points' per-type mean FID (fid_type_mean) when the score stage wrote one.
 
 For each grid point SAMPLER:STEPS the flow runs the pipeline's own sample and score stages as a DVC
 experiment (`dvc exp run --single-item sample score -S sample.sampler=... -S sample.steps=...`), so:
@@ -39,6 +44,7 @@ from pokediff.env import set_offline_defaults
 # CPU-friendly default: about 1 to 2 minutes per point at 300 images on 2 cores (small U-Net).
 DEFAULT_GRID = ["ddim:10", "ddim:25", "ddim:50", "dpmpp2m:10", "dpmpp2m:20"]
 MAX_STEPS = 10_000
+MAX_GUIDANCE = 50.0  # sample.guidance's own bound
 
 
 def parse_grid(grid: list[str]) -> list[tuple[str, int]] | str:
@@ -54,10 +60,25 @@ def parse_grid(grid: list[str]) -> list[tuple[str, int]] | str:
     return points or "invalid flow parameter: grid is empty"
 
 
+def parse_guidance(values: list[float] | None) -> list[float | None] | str:
+    """[0, 1, 2] -> the w of each point ([None]: no guidance set, the params' own), or one line naming the bad one."""
+    if not values:
+        return [None]
+    out: list[float | None] = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_GUIDANCE:
+            return f"invalid flow parameter: guidance {value!r} (want numbers from 0 to {MAX_GUIDANCE:g})"
+        if float(value) not in out:
+            out.append(float(value))
+    return out
+
+
 def _point_body(sampler: str, steps: int, overrides: list[str], exp_name: str, extra_env: dict[str, str],
-                files: dict[str, str]) -> dict:
+                files: dict[str, str], guidance: float | None = None) -> dict:
     logger = get_run_logger()
     sets = [*overrides, f"sample.sampler={sampler}", f"sample.steps={steps}"]
+    if guidance is not None:
+        sets.append(f"sample.guidance={guidance}")
     cmd = dvc_tasks.dvc("exp", "run", "--single-item", "sample", "score", "-n", exp_name)
     for item in sets:
         cmd += ["-S", item]
@@ -73,19 +94,22 @@ def _point_body(sampler: str, steps: int, overrides: list[str], exp_name: str, e
              "spacing": info.get("spacing"), "fid": float(metrics["fid"]), "kid_mean": metrics.get("kid_mean"),
              "num_samples": metrics.get("num_samples"), "sample_seconds": float(info.get("seconds", 0.0)),
              "point_seconds": round(wall, 1), "experiment": exp_name,
-             "evaluation_run_id": evaluation.get("evaluation_run_id")}
+             "evaluation_run_id": evaluation.get("evaluation_run_id"),
+             "guidance": float(info.get("guidance", 0.0)), "fid_type_mean": metrics.get("fid_type_mean")}
     logger.info("%s:%d  NFE %d  FID %.2f  sampling %.1f s (whole point %.1f s)", sampler, steps, point["nfe"],
                 point["fid"], point["sample_seconds"], wall)
     return point
 
 
 def table_markdown(points: list[dict]) -> str:
-    lines = ["| sampler | steps | NFE | FID | KID | samples | sampling s | point s | DVC experiment |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for p in sorted(points, key=lambda p: (p["sampler"], p["nfe"])):
+    lines = ["| sampler | steps | NFE | w | FID | per-type FID (mean) | KID | samples | sampling s | point s | "
+             "DVC experiment |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for p in sorted(points, key=lambda p: (p["sampler"], p["nfe"], p.get("guidance", 0.0))):
         kid = f"{p['kid_mean']:.4f}" if isinstance(p.get("kid_mean"), float) else "-"
-        lines.append(f"| {p['sampler']} | {p['steps']} | {p['nfe']} | {p['fid']:.2f} | {kid} | {p['num_samples']} | "
-                     f"{p['sample_seconds']:.1f} | {p['point_seconds']:.1f} | `{p['experiment']}` |")
+        per_type = f"{p['fid_type_mean']:.2f}" if isinstance(p.get("fid_type_mean"), float) else "-"
+        lines.append(f"| {p['sampler']} | {p['steps']} | {p['nfe']} | {p.get('guidance', 0.0):g} | {p['fid']:.2f} | "
+                     f"{per_type} | {kid} | {p['num_samples']} | {p['sample_seconds']:.1f} | "
+                     f"{p['point_seconds']:.1f} | `{p['experiment']}` |")
     return "\n".join(lines) + "\n"
 
 
@@ -119,6 +143,31 @@ def plot_fid_vs_nfe(points: list[dict], path: Path, title: str) -> Path:
     return path
 
 
+def plot_fid_vs_guidance(points: list[dict], path: Path, title: str) -> Path:
+    """One line per sampler (and step count), FID against the guidance scale w."""
+    import matplotlib  # ~1 s to import, only for the plot; the Agg backend must be chosen before pyplot
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for sampler, steps in sorted({(p["sampler"], p["steps"]) for p in points}):
+        pts = sorted((p["guidance"], p["fid"]) for p in points if (p["sampler"], p["steps"]) == (sampler, steps))
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=f"{sampler} ({steps} steps)")
+        for x, y in pts:
+            ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("guidance scale w (0 = plain conditional)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 @task(name="log-to-mlflow", task_run_name="log-to-mlflow", retries=2, retry_delay_seconds=5)
 def log_to_mlflow(run_info_path: str, files: list[str]) -> str | None:
     """The plot, table and points as artifacts (sweep/) of the training run that made the model."""
@@ -144,10 +193,13 @@ def log_point_metrics(points: list[dict]) -> None:
 
 @flow(name="pokediff-sweep", log_prints=True)
 def pokediff_sweep(grid: list[str] | None = None, num_images: int | None = None,
-                   overrides: list[str] | None = None, out_dir: str = "outputs/sweep"):
+                   overrides: list[str] | None = None, out_dir: str = "outputs/sweep",
+                   guidance: list[float] | None = None):
     """Sample and score the trained model for each SAMPLER:STEPS of ``grid``; FID-vs-NFE plot + table.
 
     grid:       e.g. ["ddim:10", "ddim:25", "dpmpp2m:20", "ddpm:1000"] (default: a CPU-friendly grid)
+    guidance:   type-conditional models: each grid point at each of these w (sample.guidance); adds a
+                FID-vs-w plot, one line per sampler
     num_images: images sampled and scored per point (sample.num_images and score.num_samples)
     overrides:  other params as "section.key=value": pass the ones the model was trained with, so each
                 experiment's params describe it (e.g. the CPU configuration's, see configs/cpu-small.yaml)
@@ -156,12 +208,16 @@ def pokediff_sweep(grid: list[str] | None = None, num_images: int | None = None,
     points_wanted = parse_grid(list(grid or DEFAULT_GRID))
     if isinstance(points_wanted, str):
         return Failed(message=points_wanted)
+    scales = parse_guidance(guidance)
+    if isinstance(scales, str):
+        return Failed(message=scales)
     if num_images is not None and num_images < 2:
         return Failed(message=f"invalid flow parameter: num_images={num_images} (FID needs at least 2)")
     base = list(overrides or [])
     if num_images is not None:
         base += [f"sample.num_images={num_images}", f"score.num_samples={num_images}"]
-    problem = check_overrides(base + [f"sample.sampler={points_wanted[0][0]}"])
+    problem = check_overrides(base + [f"sample.sampler={points_wanted[0][0]}"]
+                              + ([f"sample.guidance={max(scales)}"] if scales != [None] else []))
     if problem:
         return Failed(message=problem)
 
@@ -190,12 +246,14 @@ def pokediff_sweep(grid: list[str] | None = None, num_images: int | None = None,
     try:
         with dvc_tasks.files_restored(PARAMS_FILE, LOCK_FILE, Path(files["evaluation"])):
             for sampler, steps in points_wanted:
-                point_task = task(_point_body, name=f"{sampler}-{steps}", task_run_name=f"{sampler}-{steps}")
-                state = point_task(sampler, steps, base, f"{prefix}-{sampler}-{steps}", extra_env, files,
-                                   return_state=True)
-                if not state.is_completed():
-                    return Failed(message=f"point {sampler}:{steps}: {state.message or state.name}".splitlines()[0])
-                points.append(state.result())
+                for w in scales:
+                    label = f"{sampler}-{steps}" + ("" if w is None else f"-w{w:g}")
+                    point_task = task(_point_body, name=label, task_run_name=label)
+                    state = point_task(sampler, steps, base, f"{prefix}-{label}".replace(".", "p"), extra_env, files,
+                                       w, return_state=True)
+                    if not state.is_completed():
+                        return Failed(message=f"point {label}: {state.message or state.name}".splitlines()[0])
+                    points.append(state.result())
     finally:
         restore = subprocess_quiet(dvc_tasks.dvc("checkout", "--quiet", "sample", "score"))
         if restore:
@@ -208,7 +266,11 @@ def pokediff_sweep(grid: list[str] | None = None, num_images: int | None = None,
     (out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n")
     n = points[0].get("num_samples")
     plot = plot_fid_vs_nfe(points, out / "fid_vs_nfe.png", f"FID vs NFE ({n} samples per point)")
-    run_id = log_to_mlflow(files["run_info"], [str(plot), str(out / "sweep.md"), str(out / "sweep.json")])
+    logged = [str(plot), str(out / "sweep.md"), str(out / "sweep.json")]
+    if scales != [None]:
+        logged.append(str(plot_fid_vs_guidance(points, out / "fid_vs_guidance.png",
+                                               f"FID vs guidance ({n} samples per point)")))
+    run_id = log_to_mlflow(files["run_info"], logged)
     log_point_metrics(points)
     create_markdown_artifact(
         markdown=(f"# pokediff sweep: FID vs NFE\n\nModel: `{files['model']}` (MLflow run `{run_id}`; plot, table "
@@ -232,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", nargs="+", default=DEFAULT_GRID, metavar="SAMPLER:STEPS",
                         help="points (default: %(default)s)")
     parser.add_argument("--num-images", type=int, help="images per point (sample.num_images, score.num_samples)")
+    parser.add_argument("--guidance", nargs="+", type=float, metavar="W",
+                        help="type-conditional models: each point at each guidance scale (sample.guidance)")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="params the model was trained with (repeatable)")
     parser.add_argument("--params-file", help="YAML overrides with params.yaml's nesting (e.g. configs/cpu-small.yaml)")
@@ -244,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     if not team_preflight("python -m pipelines.sweep"):
         return 1
     state = pokediff_sweep(grid=args.grid, num_images=args.num_images, overrides=overrides, out_dir=args.out_dir,
-                           return_state=True)
+                           guidance=args.guidance, return_state=True)
     code = report_state("pokediff-sweep", state)
     if code == 0:
         result = state.result()

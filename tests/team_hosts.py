@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pokediff.data.fetch import TARBALL_NAME
+from pokediff.stages.fetch_data import DATA_PINS
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -315,15 +315,16 @@ TINY_RECIPE = [
 ]
 
 
-def sprites_tarball() -> Path:
+def pinned_tarballs() -> list[Path]:
+    """The tarballs data.dvc pins (the sprites and the type labels), fetched once into the test cache."""
     cache = Path(os.environ.get("POKEDIFF_CACHE_DIR", Path.home() / ".cache" / "pokediff")) / "sprites"
     subprocess.run([PY, "-m", "pokediff", "fetch-data", "--params", "none", "--raw-dir", str(cache)],
                    check=True, capture_output=True)
-    return cache / TARBALL_NAME  # the cache may also hold other tarballs (the Pokédex data)
+    return [cache / pin.tarball_name for pin in DATA_PINS]  # the cache may hold other files: name each
 
 
 def project_checkout(dest: Path) -> Path:
-    """What a teammate's `git clone` of this project holds (no outputs, no .venv), with the sprites in data/."""
+    """What a teammate's `git clone` of this project holds (no outputs, no .venv), and data/ as data.dvc pins it."""
     dest.mkdir(parents=True)
     for name in ("dvc.yaml", "params.yaml", "data.dvc", "prefect.yaml", "prefect-team.yaml", "prefect.toml",
                  ".gitignore", ".dvcignore"):
@@ -334,6 +335,7 @@ def project_checkout(dest: Path) -> Path:
     for name in ("config", ".gitignore"):
         shutil.copy(REPO / ".dvc" / name, dest / ".dvc" / name)
     (dest / "data").mkdir()
-    shutil.copy(sprites_tarball(), dest / "data")
+    for tarball in pinned_tarballs():  # exactly what data.dvc pins: anything else makes DVC rewrite it
+        shutil.copy(tarball, dest / "data")
     return dest
 

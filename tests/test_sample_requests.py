@@ -54,3 +54,20 @@ def test_png_base64_round_trips_with_the_sample_files_bytes(tmp_path):
     assert served == save_png(img, tmp_path / "000000.png").read_bytes()
     grey = img[:1]
     assert base64.b64decode(png_base64(grey)) == save_png(grey, tmp_path / "grey.png").read_bytes()
+
+
+def test_typed_requests_parse_and_are_refused_by_an_unconditional_model():
+    base = {"num_images": 1, "sampler": "ddim", "steps": 2, "seed": 0}
+    [a, b] = parse_requests([{**base, "type": "Water/Flying", "guidance": 2}, {**base, "type": float("nan")}],
+                            timesteps=10, conditional=True)
+    assert (a.types, a.guidance, b.types, b.guidance) == (["water/flying"], 2.0, [], 0.0)
+    for row, conditional, message in (
+        ({"type": "fyre"}, True, "request 0: unknown type 'fyre'"),
+        ({"type": 3}, True, "type must be a text"),
+        ({"guidance": -1}, True, "guidance must be a number from 0 to 50"),
+        ({"guidance": True}, True, "guidance must be a number"),
+        ({"type": "water"}, False, "this model is unconditional"),
+        ({"guidance": 1.5}, False, "this model is unconditional"),
+    ):
+        with pytest.raises(RequestError, match=message):
+            parse_requests([{**base, **row}], timesteps=10, conditional=conditional)

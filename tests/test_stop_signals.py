@@ -238,7 +238,7 @@ def test_sample_locks_its_out_folder_and_stops_cleanly(tmp_path):
     assert first.returncode == 143, stderr[-3000:]
     (line,) = _pokediff_lines(stderr)
     assert re.fullmatch(r"pokediff sample: stopped by SIGTERM after \d+ of 1000000 images \(in out/grid_images/, "
-                        r"each one whole\); no grid or sample_info\.json was written", line), line
+                        r"each one whole\); no grid, labels\.csv or sample_info\.json was written", line), line
     assert _leftovers(tmp_path / "out") == []
     pngs = sorted(images.glob("*.png"))
     assert pngs and all(Image.open(p).size == (16, 16) for p in pngs)  # every PNG decodes

@@ -201,18 +201,24 @@ def read_sidecar(checkpoint: Path) -> dict:
 
 
 def run_fingerprint(images: torch.Tensor, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig,
-                    train_cfg: TrainConfig) -> str:
-    """sha256 over the training images and every setting that changes the trained weights.
+                    train_cfg: TrainConfig, labels: torch.Tensor | None = None) -> str:
+    """sha256 over the training images (and labels) and every setting that changes the trained weights.
 
     TrainConfig.BOOKKEEPING keys (log/checkpoint/eval intervals, out_dir) are left out: changing them
-    must not throw away a run that can be resumed."""
-    settings = {
-        "model": model_cfg.model_dump(mode="json"),
-        "diffusion": diffusion_cfg.model_dump(mode="json"),
-        "train": train_cfg.weight_settings(),
-    }
+    must not throw away a run that can be resumed. An unconditional run is hashed exactly as before
+    conditioning existed (no model.condition, no TrainConfig.CONDITIONING keys, no labels), so its
+    checkpoints keep resuming; a conditional one adds its labels (N, NUM_TYPES) uint8."""
+    model, train = model_cfg.model_dump(mode="json"), train_cfg.weight_settings()
+    if model_cfg.condition == "none":
+        del model["condition"]
+        for key in TrainConfig.CONDITIONING:
+            del train[key]
+        labels = None
+    settings = {"model": model, "diffusion": diffusion_cfg.model_dump(mode="json"), "train": train}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     update_pixel_hash(h, images)  # (N, 3, R, R) uint8: shape, then bytes
+    if labels is not None:
+        update_pixel_hash(h, labels.to(torch.uint8))  # (N, NUM_TYPES) multi-hot: shape, then bytes
     return h.hexdigest()
 
 
@@ -485,11 +491,13 @@ def _check_resumable(ckpt: dict, model_cfg: ModelConfig, diffusion_cfg: Diffusio
         raise CheckpointError(f"{path}: a model file, not a training checkpoint; cannot resume from it")
     saved = {"model": ckpt["config"]["model"], "diffusion": ckpt["config"]["diffusion"]}
     wanted = {"model": model_cfg.model_dump(mode="json"), "diffusion": diffusion_cfg.model_dump(mode="json")}
+    # A key the checkpoint predates (model.condition) had its default value then.
+    defaults = {"model": ModelConfig().model_dump(mode="json"), "diffusion": DiffusionConfig().model_dump(mode="json")}
     diffs = [
-        f"{section}.{key}: checkpoint {saved[section].get(key)!r} vs params {value!r}"
+        f"{section}.{key}: checkpoint {saved[section].get(key, defaults[section][key])!r} vs params {value!r}"
         for section, values in wanted.items()
         for key, value in values.items()
-        if saved[section].get(key) != value
+        if saved[section].get(key, defaults[section][key]) != value
     ]
     if diffs:
         raise CheckpointError(  # one line: the CLI prints it as the error

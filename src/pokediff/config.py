@@ -45,6 +45,7 @@ from pokediff.choices import (
     SPACINGS,
 )
 from pokediff.errors import UsageError, shorten
+from pokediff.pokemon_types import parse_label, request_text
 
 ScheduleName = Literal[SCHEDULES]
 Prediction = Literal[PREDICTIONS]
@@ -141,6 +142,7 @@ class ValidateConfig(_Section):
 
     min_images: int = Field(1000, ge=1)
     min_per_variant: int = Field(100, ge=0)
+    min_per_type: int = Field(50, ge=0)  # labelled datasets (the sprites): images per Pokémon type, each type
     max_species_id: int = Field(1025, ge=1)  # National Pokédex numbers run 1..1025 (generation IX)
     max_background_fraction: float = Field(0.97, gt=0.0, le=1.0)
     min_pixel_std: float = Field(3.0, ge=0.0)  # on the 0..255 scale; below = almost uniform
@@ -166,6 +168,9 @@ class ModelConfig(_Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     resolution: int = Field(64, ge=8, le=1024)  # input size; used to place attention levels
     groups: int = Field(32, ge=1, le=1024)  # GroupNorm groups (clamped to divide the channel count)
+    # "type": the network also takes the Pokémon's types (a label embedding added to the time embedding,
+    # with a learned null label), for classifier-free guidance; "none": unconditional, as before.
+    condition: Literal["none", "type"] = "none"
 
     @field_validator("channel_mults")
     @classmethod
@@ -215,6 +220,9 @@ class TrainConfig(_Section):
     # instead of restarting it. Any other key, including one added later, is in the fingerprint.
     BOOKKEEPING: ClassVar[frozenset[str]] = frozenset(
         {"log_every", "checkpoint_every", "eval_every", "eval_num_samples", "eval_sampler_steps", "out_dir"})
+    # Keys only a conditional model (model.condition != none) uses: an unconditional run's fingerprint
+    # leaves them out, so it stays what it was before they existed.
+    CONDITIONING: ClassVar[frozenset[str]] = frozenset({"cond_drop", "cond_one_type"})
 
     steps: int = Field(20_000, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -230,6 +238,11 @@ class TrainConfig(_Section):
     compile: bool = False
     channels_last: bool = False
     hflip: bool = True
+    # Conditional models: the share of images shown with the null label (classifier-free guidance learns
+    # the unconditional model from them), and the share of a two-type image's other draws that show one
+    # of its two types alone (so "fire" alone means any fire-type Pokémon; see pokediff.training.labels).
+    cond_drop: float = Field(0.1, ge=0.0, le=1.0)
+    cond_one_type: float = Field(0.5, ge=0.0, le=1.0)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(10, ge=1)
@@ -266,6 +279,16 @@ class SampleConfig(_Section):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     use_ema: bool = True
     out_dir: str = "outputs/samples"
+    # Type-conditional models only: the labels asked for, each "fire" or "fire/flying", taken in turn
+    # image by image (empty: all 18 types in turn), and the classifier-free guidance scale w (0: the plain
+    # conditional model; 1-4 typical). An unconditional model refuses both (a one-line error).
+    types: list[str] = []
+    guidance: float = Field(0.0, ge=0.0, le=50.0)
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, v: list[str]) -> list[str]:
+        return [request_text(parse_label(text)) for text in v]  # UnknownTypeError is a ValueError
 
     @model_validator(mode="after")
     def _eta_only_where_it_counts(self) -> SampleConfig:
@@ -284,6 +307,10 @@ class ScoreConfig(_Section):
     kid_subsets: int = Field(100, ge=1)
     ref_max_images: int = Field(0, ge=0)  # fixed-seed random subset of the training images; 0 = all
     ref_stats: str = "outputs/ref_stats/ref_stats.npz"
+    # Type-conditional models: per-type reference statistics (`pokediff ref-stats --per-type`), at most
+    # this many images per type (0 = all; a fixed-seed subset), and where they go.
+    ref_max_per_type: int = Field(0, ge=0)
+    ref_stats_types: str = "outputs/ref_stats_types"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # auto = cuda if available
     seed: int = Field(0, ge=0, le=MAX_SEED)  # reference subset and KID subset draws
     out_dir: str = "outputs/score"

@@ -1,7 +1,11 @@
 """Batch generation: images from a trained model, in batches, reproducibly, optionally saved as PNGs.
 
-The math lives in pokediff.diffusion (``reverse_process``); this module only batches, seeds, converts
-and saves. Used by `pokediff sample`, the in-training FID and the served model's requests.
+The math lives in pokediff.diffusion (``reverse_process``, ``guided``); this module only batches, seeds,
+labels, converts and saves. Used by `pokediff sample`, the in-training FID and the served model's requests.
+
+A type-conditional model (model.condition: type) samples image i with the label cfg.types[i % n] (all 18
+types in turn when cfg.types is empty), guided with scale cfg.guidance; an unconditional model refuses
+both with a one-line ``GenerationError``.
 """
 
 from __future__ import annotations
@@ -15,8 +19,14 @@ from torch import nn
 
 from pokediff.config import DiffusionConfig, SampleConfig
 from pokediff.devices import autocast_for
-from pokediff.diffusion import NoiseSchedule, make_sampler, reverse_process
-from pokediff.pixels import make_grid, save_grid, save_png, save_pngs, to_uint8
+from pokediff.diffusion import NoiseSchedule, guided, make_sampler, reverse_process
+from pokediff.errors import UsageError
+from pokediff.pixels import make_grid, save_grid, save_labelled_rows, save_png, save_pngs, to_uint8
+from pokediff.pokemon_types import TYPES, multi_hot, parse_label
+
+
+class GenerationError(UsageError):
+    """A type or guidance asked of a model that cannot take it (one line, naming the key)."""
 
 
 @dataclass
@@ -25,18 +35,37 @@ class Generated:
     steps: int
     spacing: str
     paths: list[Path]
+    labels: list[str] | None = None  # each image's requested type ("fire", "fire/flying"); None: unconditional
+
+
+def image_labels(model: nn.Module, cfg: SampleConfig) -> list[str] | None:
+    """The label of each of cfg.num_images images (cfg.types in turn, else all types in turn), or None
+    for an unconditional model, which refuses a type or a guidance scale (GenerationError)."""
+    if not getattr(model, "conditional", False):
+        if cfg.types:
+            raise GenerationError(f"sample.types={cfg.types}: this model is unconditional (model.condition: none) "
+                                  "and takes no type; leave sample.types empty (--type)")
+        if cfg.guidance:
+            raise GenerationError(f"sample.guidance={cfg.guidance}: guidance needs a type-conditional model "
+                                  "(model.condition: type); this one is unconditional: use 0 (--guidance)")
+        return None
+    wanted = list(cfg.types) or list(TYPES)
+    return [wanted[i % len(wanted)] for i in range(cfg.num_images)]
 
 
 def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, cfg: SampleConfig, *, steps: int | None,
              images_dir: str | Path | None = None, grid_path: str | Path | None = None,
              strip_path: str | Path | None = None, grid_max: int = 64,
+             type_grid_path: str | Path | None = None,
              on_batch: Callable[[int, int], None] | None = None) -> Generated:
     """Generate cfg.num_images images in batches of cfg.batch_size, reproducibly from cfg.seed.
 
     One CPU generator feeds every batch, so the images do not depend on the device. Optionally writes
-    the PNGs, a grid of the first ``grid_max`` and a strip of x0 estimates along the first trajectory.
+    the PNGs, a grid of the first ``grid_max``, a strip of x0 estimates along the first trajectory and a
+    per-type grid (one row per label: its first images; one row "unconditional" for such a model).
     ``on_batch(done, total)`` is called after each batch (progress lines)."""
     device = next(model.parameters()).device
+    labels = image_labels(model, cfg)
     sched = NoiseSchedule(diffusion_cfg.schedule, diffusion_cfg.timesteps)
     sampler = make_sampler(cfg.sampler, sched, steps, eta=cfg.eta, prediction=diffusion_cfg.prediction,
                            clip_x0=cfg.clip_x0, spacing=cfg.spacing)
@@ -54,8 +83,12 @@ def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, cfg: SampleConfig
     with autocast_for(device):
         while done < cfg.num_images:
             n = min(cfg.batch_size, cfg.num_images - done)
-            x = reverse_process(model, sched, (n, ch, res, res), sampler, generator=generator,
-                       callback=record if (done == 0 and strip_path) else None)
+            net = model
+            if labels is not None:  # (n, NUM_TYPES) multi-hot; guidance doubles the batch of each call
+                rows = torch.tensor([multi_hot(parse_label(text)) for text in labels[done:done + n]], device=device)
+                net = guided(model, rows, cfg.guidance)
+            x = reverse_process(net, sched, (n, ch, res, res), sampler, generator=generator, device=device,
+                                callback=record if (done == 0 and strip_path) else None)
             images = to_uint8(x).cpu()
             if images_dir is not None:
                 paths += save_pngs(images, images_dir, start=done)
@@ -66,8 +99,25 @@ def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, cfg: SampleConfig
     images = torch.cat(batches)
     if grid_path is not None:
         save_grid(images[:grid_max], grid_path)
+    if type_grid_path is not None:
+        save_type_grid(images, labels, type_grid_path)
     if strip_path is not None and strip_frames:
         # rows: images, columns: time from noise to data
         frames = torch.stack(strip_frames, dim=1)  # (k, F, C, R, R)
         save_png(make_grid(frames.flatten(0, 1), ncols=frames.shape[1]), strip_path)
-    return Generated(images, len(sampler), sampler.spacing, paths)
+    return Generated(images, len(sampler), sampler.spacing, paths, labels)
+
+
+TYPE_GRID_COLUMNS = 8
+
+
+def save_type_grid(images: torch.Tensor, labels: list[str] | None, path: str | Path) -> Path:
+    """A row per label, in the order the labels were asked for, with that label's first images."""
+    if labels is None:
+        return save_labelled_rows([("unconditional", images[:TYPE_GRID_COLUMNS])], path)
+    order = list(dict.fromkeys(labels))
+    rows = []
+    for label in order:
+        chosen = [i for i, text in enumerate(labels) if text == label][:TYPE_GRID_COLUMNS]
+        rows.append((label, images[chosen]))
+    return save_labelled_rows(rows, path)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from pokediff.files import write_atomic
 
@@ -99,6 +99,22 @@ def make_grid(images: torch.Tensor, ncols: int | None = None, pad: int = 2, fill
 def save_grid(images: torch.Tensor, path: str | Path, ncols: int | None = None) -> Path:
     """uint8 (B, C, H, W) -> one PNG of their grid (see `make_grid`)."""
     return save_png(make_grid(images, ncols), path)
+
+
+def save_labelled_rows(rows: list[tuple[str, torch.Tensor]], path: str | Path, label_width: int = 72,
+                       pad: int = 2) -> Path:
+    """One PNG with a row per (label, uint8 images (k, C, H, W)): the label written at the left, then the
+    images side by side (the per-type grid of a conditional model's samples)."""
+    width = max(images.shape[0] for _, images in rows)
+    h, w = rows[0][1].shape[2:]
+    canvas = Image.new("RGB", (label_width + width * (w + pad) + pad, len(rows) * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, images) in enumerate(rows):
+        top = pad + r * (h + pad)
+        draw.text((4, top + h // 2 - 5), label, fill=(0, 0, 0))
+        if images.shape[0]:
+            canvas.paste(to_pil(make_grid(images, ncols=images.shape[0], pad=pad)), (label_width, top - pad))
+    return write_atomic(path, encode_png(canvas.convert("RGB")))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ A request row (one per image batch asked for; JSON, e.g. ``{"dataframe_records":
 ``mlflow models serve``'s /invocations):
 
     {"num_images": 2, "sampler": "ddim", "steps": 20, "seed": 0, "eta": 0.0}   # eta optional (DDIM only)
+    {..., "type": "water", "guidance": 2.0}     # optional: a type-conditional model's label and guidance w
 
 answer: one row per image, ``{"request": i, "image": j, "png_base64": "<base64 of a PNG>"}``.
 
@@ -31,9 +32,11 @@ from pokediff.config import DiffusionConfig, SampleConfig
 from pokediff.generation import generate
 from pokediff.limits import read_json_text
 from pokediff.pixels import encode_png, to_pil
+from pokediff.pokemon_types import UnknownTypeError, parse_label, request_text
 
 MAX_IMAGES_PER_CALL = 64  # summed over the rows of one call
 MAX_ROWS_PER_CALL = 16
+MAX_GUIDANCE = 50.0  # sample.guidance's own bound
 MAX_REQUEST_BYTES = 64 << 10  # a full request of 16 rows is under 2 KB
 BATCH_SIZE = 16  # images per forward pass while serving
 REQUEST_EXAMPLE = {"num_images": 1, "sampler": "ddim", "steps": 10, "seed": 0, "eta": 0.0}
@@ -101,8 +104,34 @@ def _int(row: Mapping[str, Any], key: str, i: int, lo: int, hi: int) -> int:
     return int(value)
 
 
-def parse_requests(rows: Iterable[Mapping[str, Any]], timesteps: int) -> list[SampleConfig]:
-    """Request rows -> one SampleConfig each (validated, bounded). Raises RequestError."""
+def _missing(value: Any) -> bool:
+    """An optional field left out: absent, None, or NaN (a DataFrame fills a missing cell with NaN)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _label(row: Mapping[str, Any], i: int, conditional: bool) -> tuple[list[str], float]:
+    """The optional "type" and "guidance" of a request row -> (sample.types, sample.guidance)."""
+    kind, guidance = row.get("type"), row.get("guidance")
+    types: list[str] = []
+    if not _missing(kind):
+        if not isinstance(kind, str):
+            raise RequestError(f"request {i}: type must be a text such as \"water\", got {str(kind)[:40]}")
+        try:
+            types = [request_text(parse_label(kind))]
+        except UnknownTypeError as exc:
+            raise RequestError(f"request {i}: {exc}") from None
+    guidance = 0.0 if _missing(guidance) else guidance
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not 0.0 <= guidance <= MAX_GUIDANCE:
+        raise RequestError(f"request {i}: guidance must be a number from 0 to {MAX_GUIDANCE:g}, "
+                           f"got {str(guidance)[:40]}")
+    if not conditional and (types or guidance):
+        raise RequestError(f"request {i}: this model is unconditional: it takes no type and no guidance")
+    return types, float(guidance)
+
+
+def parse_requests(rows: Iterable[Mapping[str, Any]], timesteps: int, conditional: bool = False) -> list[SampleConfig]:
+    """Request rows -> one SampleConfig each (validated, bounded). Raises RequestError. ``conditional``:
+    the model takes a type and a guidance scale (else a row giving either is refused)."""
     rows = list(rows)
     if not 1 <= len(rows) <= MAX_ROWS_PER_CALL:
         raise RequestError(f"give 1 to {MAX_ROWS_PER_CALL} request rows, got {len(rows)}")
@@ -121,11 +150,12 @@ def parse_requests(rows: Iterable[Mapping[str, Any]], timesteps: int) -> list[Sa
             raise RequestError(f"request {i}: eta must be a number from 0 to 1, got {str(eta)[:40]}")
         if eta != 0.0 and sampler not in ETA_SAMPLERS:
             raise RequestError(f"request {i}: eta is used only by {', '.join(ETA_SAMPLERS)}; give 0 for {sampler}")
+        types, guidance = _label(row, i, conditional)
         total += n
         if total > MAX_IMAGES_PER_CALL:
             raise RequestError(f"at most {MAX_IMAGES_PER_CALL} images per call")
         out.append(SampleConfig(sampler=sampler, steps=steps, eta=float(eta), num_images=n, seed=seed,
-                                batch_size=min(n, BATCH_SIZE)))
+                                batch_size=min(n, BATCH_SIZE), types=types, guidance=guidance))
     return out
 
 
@@ -136,7 +166,7 @@ def png_base64(image: torch.Tensor) -> str:
 
 def answer(model: nn.Module, diffusion_cfg: DiffusionConfig, rows: Iterable[Mapping[str, Any]]) -> list[dict]:
     """Generate the images of every request row; [{"request", "image", "png_base64"}, ...]."""
-    configs = parse_requests(rows, diffusion_cfg.timesteps)
+    configs = parse_requests(rows, diffusion_cfg.timesteps, conditional=getattr(model, "conditional", False))
     out = []
     for i, cfg in enumerate(configs):
         images = generate(model, diffusion_cfg, cfg, steps=cfg.steps).images  # uint8 (N, C, R, R)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tarfile
 import zlib
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from PIL import Image
 
 from pokediff.cli import main as pokediff_main
 from pokediff.data.sprites import ANIMATED_DIR, DREAMWORLD_DIR, TARBALL_NAME
+from pokediff.data.type_labels import TARBALL_NAME as LABELS_TARBALL_NAME
 
 SPRITE_ROOT = "package/"
 
@@ -82,6 +84,7 @@ def mini_sprites(sprites_tarball: Path, tmp_path_factory: pytest.TempPathFactory
     """A small copy of the real tarball (same name, same member paths) with every kind of file in it:
     front/shiny/back/female GIFs, dream-world SVGs (incl. female/), the Substitute doll and the
     package metadata. Ingesting it exercises the sprite layout in a second, not in the full run time.
+    The type-label tarball lies beside it, as `pokediff fetch-data` leaves them.
     """
     wanted = {f"{ANIMATED_DIR}{n}.gif" for n in ("1", "25", "201-a", "487-origin", "substitute")}
     wanted |= {f"{ANIMATED_DIR}shiny/{n}.gif" for n in ("1", "25")}
@@ -98,6 +101,7 @@ def mini_sprites(sprites_tarball: Path, tmp_path_factory: pytest.TempPathFactory
                 out.addfile(member, io.BytesIO(handle.read()))
     with tarfile.open(target) as check:
         assert len(check.getnames()) == len(wanted), "a wanted member is missing from the real tarball"
+    shutil.copy(sprites_tarball.parent / LABELS_TARBALL_NAME, target.parent / LABELS_TARBALL_NAME)
     return target
 
 

@@ -12,6 +12,9 @@ import yaml
 
 from pokediff.data.fetch import FetchError, fetch_sprites, file_sha256, matches_pin
 from pokediff.data.sprites import TARBALL_NAME, TARBALL_SHA256, TARBALL_SIZE
+from pokediff.data.type_labels import TARBALL_NAME as LABELS_TARBALL_NAME
+from pokediff.data.type_labels import TARBALL_SIZE as LABELS_SIZE
+from pokediff.stages.fetch_data import DATA_PINS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,7 +72,11 @@ def test_fresh_checkout_fetch_leaves_dvc_status_clean(
 ) -> None:
     """A fresh checkout (data.dvc, empty DVC cache, no data/) + fetch-data: `dvc status data.dvc` is clean."""
     pin = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]
-    assert (pin["path"], pin["nfiles"], pin["size"]) == ("data", 1, TARBALL_SIZE)
+    # the sprites and the type labels (pokediff.data.type_labels), nothing else; the tests that build a
+    # checkout copy DATA_PINS into data/, so it must be the same list
+    assert (pin["path"], pin["nfiles"], pin["size"]) == ("data", 2, TARBALL_SIZE + LABELS_SIZE)
+    assert [(p.tarball_name, p.size) for p in DATA_PINS] == [(TARBALL_NAME, TARBALL_SIZE),
+                                                             (LABELS_TARBALL_NAME, LABELS_SIZE)]
     shutil.copy(REPO / "data.dvc", tmp_path / "data.dvc")
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)

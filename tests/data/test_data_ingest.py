@@ -20,7 +20,10 @@ from pokediff.data.ingest import IngestError, ingest
 from pokediff.data.manifest import MANIFEST_COLUMNS, read_manifest
 from pokediff.data.raster import decode_raster
 from pokediff.data.sprites import ANIMATED_DIR, DREAMWORLD_DIR, TARBALL_NAME
+from pokediff.data.type_labels import TARBALL_NAME as LABELS_TARBALL_NAME
+from pokediff.data.type_labels import load_type_table
 from pokediff.pixels import pixel_sha256
+from pokediff.pokemon_types import TYPES
 
 SERIAL = DataConfig(num_workers=1)  # decode in this process (data.num_workers=0 would start one per CPU)
 
@@ -70,6 +73,15 @@ def test_real_sprites_ingest_counts_and_labels(sprites_dataset: Path) -> None:
     assert manifest["sha256"].is_unique and manifest["path"].is_unique
     forms = set(manifest.loc[manifest["species_id"] == 201, "form"])
     assert {"b", "z", "question", "exclamation"} <= forms  # Unown letters kept apart as forms (201-a = 201)
+    # every image labelled with its species' current types (pokediff.data.type_labels)
+    labels = summary["labels"]
+    assert labels["unlabelled"] == 0 and (manifest["types"] != "").all()
+    assert set(labels["images_per_type"]) == set(TYPES)
+    by_species = manifest.drop_duplicates("species_id").set_index("species_id")["types"]
+    assert by_species[6] == "fire;flying" and by_species[35] == "fairy" and by_species[25] == "electric"
+    rotom = dict(zip(manifest.loc[manifest["species_id"] == 479, "form"], manifest.loc[manifest["species_id"] == 479,
+                                                                                       "types"]))
+    assert rotom[""] == "electric;ghost" and rotom["wash"] == "electric;water"  # a forme's own types
 
 
 def test_real_sprites_pngs_match_their_manifest_rows(sprites_dataset: Path) -> None:
@@ -87,7 +99,8 @@ def test_ingest_is_byte_identical_across_runs_and_worker_counts(sprites_dataset:
                                                                tmp_path: Path) -> None:
     """The session dataset was decoded by 2 worker processes; this run decodes in-process."""
     again = tmp_path / "again"
-    ingest(sprites_tarball, again, SERIAL, sprite_layout=True, progress=False)
+    labels = load_type_table(sprites_tarball.parent / LABELS_TARBALL_NAME)
+    ingest(sprites_tarball, again, SERIAL, sprite_layout=True, progress=False, type_source=labels)
     assert tree_digest(again, skip=("ingest_summary.json",)) == tree_digest(
         sprites_dataset, skip=("ingest_summary.json",)
     )
@@ -127,6 +140,11 @@ def test_sprite_layout_variants_dreamworld_and_package_files(mini_sprites: Path,
     assert "not selected" in ignored[DREAMWORLD_DIR + "female/592.svg"]
     dream = manifest[manifest["variant"] == "dreamworld"]
     assert (dream["n_frames"] == 1).all() and (dream["std"] > 20).all()
+    types = dict(zip(manifest["source"].str.removeprefix("package/"), manifest["types"]))
+    assert types[ANIMATED_DIR + "1.gif"] == "grass;poison"
+    assert types[ANIMATED_DIR + "487-origin.gif"] == "ghost;dragon"  # a forme with its own entry
+    assert types[ANIMATED_DIR + "201-a.gif"] == "psychic"  # a letter: Unown's own types
+    assert types[DREAMWORLD_DIR + "25.svg"] == "electric"
 
 
 def test_female_variant_selects_female_sprites(mini_sprites: Path, tmp_path: Path) -> None:
@@ -240,6 +258,24 @@ def test_nothing_usable_fails_and_says_why(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(IngestError, match="no image files in the source"):
         ingest(tmp_path / "empty", tmp_path / "ds2", SERIAL, sprite_layout=False, progress=False)
+
+
+# Computed with main's code at 629bb64, before labels existed: a user's unlabelled folder keeps the same
+# manifest bytes (no types column), so its hash and the records made from it do not move.
+UNLABELLED_MANIFEST_SHA256 = "6b085a473b2d543a69b37ed20bcb5a6841f21a80e8eb900ae4122a5a002e87cf"
+
+
+def test_unlabelled_folder_manifest_is_byte_identical_to_the_previous_code(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    for name in ["25-pikachu.png", "a/4.png", "b.png"]:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(source / name)
+    ingest(source, tmp_path / "ds", DataConfig(resolution=16, num_workers=1), sprite_layout=False, progress=False)
+    manifest = (tmp_path / "ds" / "manifest.csv").read_bytes()
+    assert hashlib.sha256(manifest).hexdigest() == UNLABELLED_MANIFEST_SHA256
+    assert "labels" not in summary_of(tmp_path / "ds")
+    assert "types" not in read_manifest(tmp_path / "ds" / "manifest.csv").columns
 
 
 def test_duplicates_are_dropped_keeping_the_first_and_counted(tmp_path: Path) -> None:

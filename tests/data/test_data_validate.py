@@ -15,6 +15,7 @@ from pokediff.config import ValidateConfig
 from pokediff.data.decode import WHITE
 from pokediff.data.manifest import ManifestRow, pixel_stats, read_manifest, write_manifest
 from pokediff.data.validation import validate_dataset
+from pokediff.pokemon_types import TYPES
 
 SMALL = ValidateConfig(min_images=10, min_per_variant=1)
 SPRITES = {"resolution": 64, "expected_variants": ("normal", "shiny")}  # what the real ingested sprites are
@@ -53,7 +54,7 @@ def small_real_dataset(sprites_dataset: Path, tmp_path: Path) -> Path:
     rows = manifest_rows(sprites_dataset)[:20]
     for row in rows:
         shutil.copy(sprites_dataset / row.path, out / row.path)
-    write_manifest(rows, out / "manifest.csv")
+    write_manifest(rows, out / "manifest.csv", labelled=True)
     return out
 
 
@@ -83,12 +84,16 @@ def test_real_sprites_pass_through_the_cli(sprites_dataset: Path, tmp_path: Path
     result = json.loads((out / "validation_result.json").read_text())
     metrics = json.loads((out / "validation_metrics.json").read_text())
     n_images = len(read_manifest(sprites_dataset / "manifest.csv"))
-    assert metrics == {"n_images": n_images, "n_expectations": 12, "n_failed": 0}
+    per_type = metrics.pop("images_per_type")  # the sprites are labelled: images per type, every type
+    assert metrics == {"n_images": n_images, "n_expectations": 14, "n_failed": 0}
+    assert set(per_type) == set(TYPES) and min(per_type.values()) >= 50
+    assert sum(per_type.values()) == sum(len(t.split(";")) for t in read_manifest(
+        sprites_dataset / "manifest.csv")["types"])
     assert result["success"] and all(e["success"] and e["failing"] == [] for e in result["expectations"])
-    assert {e["table"] for e in result["expectations"]} == {"images", "variants"}
+    assert {e["table"] for e in result["expectations"]} == {"images", "variants", "types"}
     # the validate section as given (less out_dir) and the dataset's own facts, as the file always held them
     assert result["thresholds"] == {
-        "resolution": 64, "min_images": 1000, "min_per_variant": 100, "max_species_id": 1025,
+        "resolution": 64, "min_images": 1000, "min_per_variant": 100, "min_per_type": 50, "max_species_id": 1025,
         "max_background_fraction": 0.97, "min_pixel_std": 3.0, "background": [255, 255, 255],
         "expected_variants": ["normal", "shiny"]}
     assert "pokediff_images" in (out / "data_docs" / "index.html").read_text()
@@ -149,6 +154,24 @@ def test_too_few_images_fails_on_the_count(small_real_dataset: Path) -> None:
     report = validate_dataset(small_real_dataset, ValidateConfig(min_images=1000, min_per_variant=1), resolution=64)
     [count] = report.failed
     assert count.observed_value == 20 and "at least 1000 images" in count.description
+
+
+def test_type_labels_and_per_type_minimums(small_real_dataset: Path, tmp_path: Path) -> None:
+    rows = manifest_rows(small_real_dataset)
+    rows[0] = ManifestRow(**{**asdict(rows[0]), "types": ""})  # unlabelled
+    rows[1] = ManifestRow(**{**asdict(rows[1]), "types": "fire;sound"})  # not a type
+    write_manifest(rows, small_real_dataset / "manifest.csv", labelled=True)
+    report = validate_dataset(small_real_dataset, SMALL.model_copy(update={"min_per_type": 1}), tmp_path / "v",
+                              resolution=64, labelled=True)
+    assert failing_paths(report, "every image labelled") == {rows[0].path, rows[1].path}
+    [types] = [o for o in report.outcomes if o.table == "types"]
+    present = {t for row in rows[2:] for t in row.types.split(";")}
+    assert {row["type"] for row in types.failing} == set(TYPES) - present  # each type short of 1 image named
+    assert report.images_per_type["grass"] == sum("grass" in row.types.split(";") for row in rows[2:])
+    metrics = json.loads((tmp_path / "v" / "validation_metrics.json").read_text())
+    assert metrics["images_per_type"] == report.images_per_type
+    unlabelled = validate_dataset(small_real_dataset, SMALL, resolution=64)  # a user's folder: no type checks
+    assert unlabelled.images_per_type is None and "types" not in {o.table for o in unlabelled.outcomes}
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path: Path, pokediff_cli, capsys) -> None:

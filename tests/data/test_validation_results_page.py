@@ -15,7 +15,8 @@ def test_static_results_page_lists_every_expectation_offline(mini_sprites: Path,
                         "-S", "data.num_workers=1", "-S", "data.max_quarantine_fraction=1.0") == 0
     # min_images far above the mini dataset: one failed table-level expectation to show.
     code = pokediff_cli("validate", "--dataset-dir", str(dataset), "--out-dir", str(out),
-                        "-S", "validate.min_images=1000", "-S", "validate.min_per_variant=1")
+                        "-S", "validate.min_images=1000", "-S", "validate.min_per_variant=1",
+                        "-S", "validate.min_per_type=0")
     assert code == 1
     assert "data_docs/results.html" in capsys.readouterr().err
 

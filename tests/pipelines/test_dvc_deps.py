@@ -26,9 +26,10 @@ sys.path.insert(0, str(REPO))
 from pipelines import stage_deps  # noqa: E402
 
 DOWNSTREAM = {  # from dvc.yaml's outs -> deps; checked against DVC's graph below
-    "ingest": {"validate", "ref_stats", "train", "sample", "score"},
+    "ingest": {"validate", "ref_stats", "ref_stats_types", "train", "sample", "score"},
     "validate": {"train", "sample", "score"},
     "ref_stats": {"train", "sample", "score"},
+    "ref_stats_types": {"score"},
     "train": {"sample", "score"},
     "sample": {"score"},
     "score": set(),
@@ -225,7 +226,7 @@ def test_dvc_graph_matches_the_downstream_table(committed_repo):
     finally:
         os.chdir(cwd)
     assert below == DOWNSTREAM
-    assert order == ["ingest", "validate", "ref_stats", "train", "sample", "score"]
+    assert order == ["ingest", "validate", "ref_stats", "ref_stats_types", "train", "sample", "score"]
 
 
 @pytest.mark.parametrize(
@@ -234,7 +235,7 @@ def test_dvc_graph_matches_the_downstream_table(committed_repo):
         # files the issue found missing, and one per stage
         (_touch_byte("src/pokediff/data/ingest_workers.py"), {"ingest"}),
         (_touch_byte("src/pokediff/stages/validate.py"), {"validate"}),
-        (_touch_byte("src/pokediff/evaluation/reference.py"), {"ref_stats", "train", "score"}),
+        (_touch_byte("src/pokediff/evaluation/reference.py"), {"ref_stats", "ref_stats_types", "train", "score"}),
         (_touch_byte("src/pokediff/generation.py"), {"train", "sample"}),
         (_touch_byte("src/pokediff/models/unet.py"), {"train", "sample"}),
         (_touch_byte("src/pokediff/checkpoint.py"), {"train", "sample"}),
@@ -253,11 +254,15 @@ def test_dvc_graph_matches_the_downstream_table(committed_repo):
         (_set_param("sample.steps", 7), {"sample"}),
         (_set_param("data.resolution", 32), {"ingest", "validate"}),
         (_set_param("train.eval_every", 7), {"train"}),
+        # the conditional model's keys: only what uses them
+        (_set_param("model.condition", "type"), {"ref_stats_types", "train"}),
+        (_set_param("sample.guidance", 2.0), {"sample"}),
+        (_set_param("score.ref_max_per_type", 7), {"ref_stats_types"}),
     ],
     ids=["ingest_workers.py", "stages/validate.py", "evaluation/reference.py", "generation.py", "models/unet.py",
          "checkpoint.py", "request-limit", "run-description", "tracking/evaluations.py", "evaluation/report.py",
          "stages/sample.py", "config.py", "score.kid_subsets", "sample.spacing", "sample.steps", "data.resolution",
-         "train.eval_every"],
+         "train.eval_every", "model.condition", "sample.guidance", "score.ref_max_per_type"],
 )
 def test_one_change_marks_exactly_its_stages_and_their_descendants(committed_repo, edit, direct):
     marked = _marked_after(committed_repo, edit)

@@ -69,3 +69,20 @@ def test_dvc_status_becomes_one_short_line_naming_a_few_changes_per_kind():
         " and 2 more; changed outs: outputs/train/model.safetensors (deleted); changed deps: sample.sampler "
         "(modified); always changed")
     assert "and" not in describe_changes(changes[:1]) and describe_changes([]) == "changed"
+
+
+def test_sweep_guidance_parsing():
+    from pipelines.sweep import parse_guidance
+
+    assert parse_guidance(None) == [None] and parse_guidance([0, 1, 2.5, 1]) == [0.0, 1.0, 2.5]
+    for bad in ([-1], [51], [True], ["2"]):
+        msg = parse_guidance(bad)
+        assert isinstance(msg, str) and msg.startswith("invalid flow parameter: guidance") and "\n" not in msg
+
+
+def test_sample_from_champion_refuses_an_unknown_type_or_guidance_before_any_work():
+    from pipelines.flows import sample_from_champion
+
+    for kwargs, words in (({"pokemon_type": "fyre"}, "unknown type 'fyre'"), ({"guidance": -1.0}, "guidance=-1.0")):
+        state = sample_from_champion.fn(**kwargs)
+        assert state.is_failed() and words in state.message and "\n" not in state.message

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from pokediff.data.fetch import TARBALL_NAME
+from pokediff.stages.fetch_data import DATA_PINS
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -37,15 +37,17 @@ TINY = [
 ]
 
 
-def _sprites_tarball() -> Path:
+def _pinned_tarballs() -> list[Path]:
+    """The tarballs data.dvc pins (the sprites and the type labels), fetched once into the test cache."""
     cache = Path(os.environ.get("POKEDIFF_CACHE_DIR", Path.home() / ".cache" / "pokediff")) / "sprites"
     subprocess.run([sys.executable, "-m", "pokediff", "fetch-data", "--params", "none",
                     "--raw-dir", str(cache)], check=True, capture_output=True)
-    return cache / TARBALL_NAME  # the cache may also hold other tarballs (the Pokédex data)
+    return [cache / pin.tarball_name for pin in DATA_PINS]  # the cache may hold other files: name each
 
 
 def _project_copy(dest: Path) -> Path:
-    """A fresh git + DVC checkout of this project (what `git clone` gives), with the sprites in data/."""
+    """A fresh git + DVC checkout of this project (what `git clone` gives), with data/ holding exactly what
+    data.dvc pins (anything else there and `dvc commit data.dvc` would rewrite the pin)."""
     for name in ("dvc.yaml", "params.yaml", "data.dvc", "prefect.yaml", "prefect.toml"):
         shutil.copy(REPO / name, dest / name)
     for name in ("src", "pipelines"):
@@ -55,7 +57,8 @@ def _project_copy(dest: Path) -> Path:
         shutil.copy(REPO / ".dvc" / name, dest / ".dvc" / name)
     shutil.copy(REPO / ".gitignore", dest / ".gitignore")
     (dest / "data").mkdir()
-    shutil.copy(_sprites_tarball(), dest / "data")
+    for tarball in _pinned_tarballs():
+        shutil.copy(tarball, dest / "data")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q", "-b", "main"], cwd=dest, check=True)
     subprocess.run([*git, "add", "-A"], cwd=dest, check=True)

@@ -89,7 +89,7 @@ def test_registered_model_is_code_and_safetensors_only(registry, tmp_path):
     assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # models from code: no cloudpickle
     assert pyfunc["artifacts"]["weights"]["path"] == "artifacts/model.safetensors"
     inputs = [c["name"] for c in json.loads(mlmodel["signature"]["inputs"])]
-    assert inputs == ["num_images", "sampler", "steps", "seed", "eta"]
+    assert inputs == ["num_images", "sampler", "steps", "seed", "eta", "type", "guidance"]
     assert mlmodel["metadata"]["step"] == 7 and mlmodel["metadata"]["format"] == "pokediff-model-v2"
     weights = load_file(local / "artifacts" / "model.safetensors")
     registered = load_file(registry / "run" / "model.safetensors")
@@ -161,6 +161,10 @@ def test_mlflow_models_serve_answers_with_pngs(registry, tmp_path):
         status, answer = _post(f"{base}/invocations", {"dataframe_records": [
             {"num_images": 100000, "sampler": "ddim", "steps": 2, "seed": 0}]})
         assert status == 400 and "num_images must be an integer from 1 to 64" in answer["message"]
+        # A type or a guidance scale for this unconditional champion: a 400 that says so.
+        status, answer = _post(f"{base}/invocations", {"dataframe_records": [
+            {"num_images": 1, "sampler": "ddim", "steps": 2, "seed": 0, "type": "water", "guidance": 2.0}]})
+        assert status == 400 and "this model is unconditional" in answer["message"], answer
         print(f"serve: /ping after {started:.1f} s, total {time.perf_counter() - t0:.1f} s")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
@@ -204,3 +208,40 @@ def test_versions_without_safe_weights_are_refused_without_running(registry, tmp
         assert all(needle in err for needle in needles), err
         assert not list(tmp.rglob("*.safetensors"))
     assert not marker.exists()
+
+
+def test_a_conditional_served_model_answers_typed_requests(tmp_path, monkeypatch):
+    """The logged pyfunc of a type-conditional model (what `mlflow models serve` runs), loaded from the
+    registry and asked for water- and fire-type images through its signature."""
+    import mlflow
+    import pandas as pd
+
+    from pokediff.models import UNet
+    from pokediff.tracking.run import TrainingRun
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mlruns").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    try:
+        torch.manual_seed(0)
+        cfg = tiny_model_config(condition="type")
+        net = UNet(cfg)
+        with torch.no_grad():  # zero-initialised output layers would make every image the same
+            for p in net.parameters():
+                if not p.abs().sum():
+                    p.normal_(0, 0.05)
+        model_file = save_model_file(tmp_path / "run" / "model.safetensors", net.state_dict(), net.state_dict(), cfg,
+                                     DiffusionConfig(), step=3)
+        with TrainingRun(Params(), tmp_path / "run") as run:
+            version = run.finish(model_file, None)
+        served = mlflow.pyfunc.load_model(f"models:/pokemon-ddpm/{version}")
+        row = {"num_images": 1, "sampler": "ddim", "steps": 3, "seed": 0}
+        out = served.predict(pd.DataFrame([{**row, "type": "water", "guidance": 2.0},
+                                           {**row, "type": "fire", "guidance": 2.0}]))
+        assert list(out["request"]) == [0, 1]
+        images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(b)))).astype(int) for b in out["png_base64"]]
+        assert images[0].shape == (16, 16, 3) and np.abs(images[0] - images[1]).mean() > 0.5  # same seed, other type
+        with pytest.raises(Exception, match="unknown type 'fyre'"):
+            served.predict(pd.DataFrame([{**row, "type": "fyre"}]))
+    finally:
+        mlflow.set_tracking_uri(None)

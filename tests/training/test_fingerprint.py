@@ -33,10 +33,24 @@ def test_bookkeeping_keys_are_train_fields_and_leave_the_fingerprint_alone() -> 
     assert set(changed) == TrainConfig.BOOKKEEPING
     other = SMALL_TRAIN.model_copy(update=changed)
     assert run_fingerprint(IMAGES, SMALL_MODEL, DiffusionConfig(), other) == MAIN_JOB_FINGERPRINT
-    # every other key is part of it
-    for key in set(TrainConfig.model_fields) - TrainConfig.BOOKKEEPING:
+    # every other key is part of it (the conditioning keys only for a conditional model: see below)
+    for key in set(TrainConfig.model_fields) - TrainConfig.BOOKKEEPING - TrainConfig.CONDITIONING:
         value = getattr(SMALL_TRAIN, key)
         new = (not value if isinstance(value, bool) else "fp32" if key == "precision"
                else (0.5, 0.5) if key == "betas" else value + 1)
         moved = run_fingerprint(IMAGES, SMALL_MODEL, DiffusionConfig(), SMALL_TRAIN.model_copy(update={key: new}))
         assert moved != MAIN_JOB_FINGERPRINT, key
+
+
+def test_conditional_runs_hash_the_condition_its_keys_and_the_labels() -> None:
+    labels = torch.tensor([[1] + [0] * 17, [0, 1] + [0] * 16], dtype=torch.uint8)  # (2, NUM_TYPES)
+    for key, value in (("cond_drop", 0.3), ("cond_one_type", 0.9)):  # unused by an unconditional model
+        other = SMALL_TRAIN.model_copy(update={key: value})
+        assert run_fingerprint(IMAGES, SMALL_MODEL, DiffusionConfig(), other, labels) == MAIN_JOB_FINGERPRINT
+    conditional = SMALL_MODEL.model_copy(update={"condition": "type"})
+    base = run_fingerprint(IMAGES, conditional, DiffusionConfig(), SMALL_TRAIN, labels)
+    assert base != MAIN_JOB_FINGERPRINT
+    assert run_fingerprint(IMAGES, conditional, DiffusionConfig(), SMALL_TRAIN, labels.flip(0)) != base
+    for key, value in (("cond_drop", 0.3), ("cond_one_type", 0.9)):
+        other = SMALL_TRAIN.model_copy(update={key: value})
+        assert run_fingerprint(IMAGES, conditional, DiffusionConfig(), other, labels) != base, key

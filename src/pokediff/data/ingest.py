@@ -71,9 +71,11 @@ from pokediff.data.sources import (
     iter_contents,
     open_source,
 )
+from pokediff.data.type_labels import TypeSource, types_of
 from pokediff.errors import PokediffError
 from pokediff.files import TEMP_SUFFIX
 from pokediff.locks import LOCK_NAME, OutDirLock, is_lock_file
+from pokediff.pokemon_types import manifest_text, parse_manifest_types
 
 IGNORED_NAME = "ignored.csv"
 OUTPUT_FILES = (MANIFEST_NAME, QUARANTINE_NAME, IGNORED_NAME, SUMMARY_NAME)
@@ -320,7 +322,8 @@ def _listing(rows: list[QuarantineRow], where: Path, limit: int = _SHOWN_IN_ERRO
 
 
 def ingest(
-    source: Path, out_dir: Path, settings: DataConfig, *, sprite_layout: bool, progress: bool = True
+    source: Path, out_dir: Path, settings: DataConfig, *, sprite_layout: bool, progress: bool = True,
+    type_source: TypeSource | None = None,
 ) -> IngestReport:
     """Turn `source` (folder, .tar.gz/.tgz/.tar or .zip) into a dataset in `out_dir`.
 
@@ -332,7 +335,8 @@ def ingest(
     or the quarantined share of the candidate files exceeds `settings.max_quarantine_fraction` (the
     rejected dataset is then in out_dir/.ingest-rejected), when out_dir holds foreign files, or when
     writing fails. SourceError if the source cannot be opened at all; LockedError when another
-    ingest writes into the same out_dir.
+    ingest writes into the same out_dir. `type_source` (the sprites' species -> types table) labels
+    each image with its species' types (manifest column ``types``); None leaves the dataset unlabelled.
     """
     started = time.perf_counter()
     with open_source(source) as raw:
@@ -345,18 +349,18 @@ def ingest(
             _check_out_dir(out_dir)
             with _writing(out_dir / BUILD_DIR, out_dir):
                 _recover(out_dir)
-            return _ingest_into(raw, source, out_dir, settings, sprite_layout, progress, started)
+            return _ingest_into(raw, source, out_dir, settings, sprite_layout, progress, started, type_source)
         finally:
             lock.release()
 
 
 def _ingest_into(raw: RawSource, source: Path, out_dir: Path, settings: DataConfig, sprite_layout: bool,
-                 progress: bool, started: float) -> IngestReport:
+                 progress: bool, started: float, type_source: TypeSource | None = None) -> IngestReport:
     build = out_dir / BUILD_DIR
     try:
         with _writing(build / IMAGES_DIR, out_dir):
             (build / IMAGES_DIR).mkdir(parents=True)
-        report = _build(raw, source, build, settings, sprite_layout, progress, started)
+        report = _build(raw, source, build, settings, sprite_layout, progress, started, type_source)
         rejected = out_dir / REJECTED_DIR
         problem = _unusable(report, settings, rejected)
         if problem is not None:  # kept for inspection; the previous dataset stays in place
@@ -372,7 +376,7 @@ def _ingest_into(raw: RawSource, source: Path, out_dir: Path, settings: DataConf
 
 
 def _build(raw: RawSource, source: Path, build: Path, settings: DataConfig, sprite_layout: bool,
-           progress: bool, started: float) -> IngestReport:
+           progress: bool, started: float, type_source: TypeSource | None = None) -> IngestReport:
     """Decode everything and write the complete dataset into `build`."""
     candidates, quarantined, ignored = classify(raw.entries(), settings, sprite_layout=sprite_layout)
     # Read in source order (fast for a .tgz), decode possibly in parallel, sort afterwards.
@@ -409,23 +413,44 @@ def _build(raw: RawSource, source: Path, build: Path, settings: DataConfig, spri
                     relative, candidate.entry.name, candidate.species_id, candidate.form, candidate.label,
                     frame.frame, frame.n_frames, frame.width, frame.height, "RGB",
                     frame.mean, frame.std, frame.background_fraction, frame.sha256,
+                    _types_text(type_source, candidate),
                 )
             )
     quarantined.sort(key=lambda r: r.path)
     ignored.sort(key=lambda r: r.path)
-    for writer, data, name in ((write_manifest, rows, MANIFEST_NAME), (write_quarantine, quarantined, QUARANTINE_NAME),
-                               (write_quarantine, ignored, IGNORED_NAME)):
+    with _writing(build / MANIFEST_NAME, build.parent):
+        write_manifest(rows, build / MANIFEST_NAME, labelled=type_source is not None)
+    for data, name in ((quarantined, QUARANTINE_NAME), (ignored, IGNORED_NAME)):
         with _writing(build / name, build.parent):
-            writer(data, build / name)
+            write_quarantine(data, build / name)
 
     considered = used_files + len(quarantined)
     report = IngestReport(
         build, rows, quarantined, ignored, duplicates, considered, time.perf_counter() - started
     )
     report.summary = _summary(report, source, settings, sprite_layout)
+    if type_source is not None:
+        report.summary["labels"] = _label_summary(rows, type_source)
     with _writing(build / SUMMARY_NAME, build.parent):
         write_json(report.summary, build / SUMMARY_NAME)
     return report
+
+
+def _types_text(type_source: TypeSource | None, candidate: Candidate) -> str:
+    if type_source is None:
+        return ""
+    return manifest_text(types_of(type_source.table, candidate.species_id, candidate.form))
+
+
+def _label_summary(rows: list[ManifestRow], type_source: TypeSource) -> dict:
+    """ingest_summary.json's "labels": where the types come from, images per type (an image counts once
+    for each of its types) and how many images have none."""
+    per_type: Counter[str] = Counter()
+    for row in rows:
+        per_type.update(parse_manifest_types(row.types))
+    return {"source": type_source.package, "license": type_source.license,
+            "images_per_type": dict(sorted(per_type.items())),
+            "unlabelled": sum(1 for row in rows if not row.types)}
 
 
 def _summary(report: IngestReport, source: Path, settings: DataConfig, sprite_layout: bool) -> dict:

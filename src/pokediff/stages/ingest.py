@@ -1,7 +1,9 @@
 """`pokediff ingest`: raw source -> data.out_dir (images/*.png, manifest.csv, quarantine.csv, ...).
 
 The source is data.source: "sprites" (the pinned tarball in data.raw_dir, see `pokediff fetch-data`)
-or a path to a folder / .tar.gz / .zip of images. Exit code 1 when the dataset is unusable (nothing
+or a path to a folder / .tar.gz / .zip of images. The sprites (the pinned tarball, or a file of its
+name) are labelled with their species' types from the pinned @pkmn/dex tarball beside them
+(manifest column ``types``); any other source is unlabelled. Exit code 1 when the dataset is unusable (nothing
 left, or more than data.max_quarantine_fraction of the files quarantined; the previous dataset then
 stays, the rejected one is in <out_dir>/.ingest-rejected), when out_dir holds files ingest did not
 write, when another ingest holds out_dir's lock, or when writing fails; the one-line message names
@@ -20,6 +22,8 @@ from pokediff.data.fetch import matches_pin
 from pokediff.data.ingest import ingest
 from pokediff.data.sources import SourceError
 from pokediff.data.sprites import TARBALL_NAME
+from pokediff.data.type_labels import TARBALL_NAME as LABELS_TARBALL_NAME
+from pokediff.data.type_labels import load_type_table
 from pokediff.errors import PokediffError, one_line
 from pokediff.stopping import Stopped, signal_name
 
@@ -65,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir or data.out_dir)
     try:
         source, sprite_layout = resolve_source(args.source or data.source, Path(args.raw_dir or data.raw_dir))
-        report = ingest(source, out_dir, data, sprite_layout=sprite_layout, progress=not args.quiet)
+        # The sprites are labelled with their species' types, from the label tarball beside them.
+        types = load_type_table(source.parent / LABELS_TARBALL_NAME) if sprite_layout else None
+        report = ingest(source, out_dir, data, sprite_layout=sprite_layout, progress=not args.quiet,
+                        type_source=types)
     except PokediffError as exc:  # IngestError, SourceError, LockedError (another ingest writes here), ...
         print(f"pokediff ingest: {one_line(str(exc))}", file=sys.stderr)
         return 1
@@ -80,4 +87,8 @@ def run(args: argparse.Namespace) -> int:
         f"duplicates dropped: {summary['duplicates_dropped']}; quarantined: {summary['quarantined']} "
         f"(see {out_dir / 'quarantine.csv'}); ignored: {sum(summary['ignored'].values())} (see ignored.csv)"
     )
+    labels = summary.get("labels")
+    if labels:
+        print(f"types from {labels['source']}: {len(labels['images_per_type'])} types, "
+              f"{labels['unlabelled']} images without one")
     return 0

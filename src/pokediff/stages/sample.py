@@ -4,9 +4,14 @@
 
 Writes the individual PNGs (``--images-dir``, default: next to the grid in <grid stem>_images/ or
 sample.out_dir/images), a grid, and beside it a denoising progression strip and the sample info, named
-after the grid (see sample_files): two grids in one folder keep their own. Those folders are locked for
-the run (pokediff.locks): a second `pokediff sample` into them stops with one line. Every file is written
-whole (pokediff.files); SIGTERM or Ctrl-C stops with one line saying how many images were written.
+after the grid (see sample_files): two grids in one folder keep their own; a type-conditional model also
+writes a per-type grid (type_grid.png) and labels.csv (each image's requested type). Those folders are
+locked for the run (pokediff.locks): a second `pokediff sample` into them stops with one line. Every file
+is written whole (pokediff.files); SIGTERM or Ctrl-C stops with one line saying how many images were
+written. A type-conditional model samples the types asked for (--type, sample.types; all in turn by
+default) with guidance --guidance (sample.guidance):
+
+    pokediff sample --type water --guidance 2 --num-images 16 --out water.png
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from pokediff.files import write_atomic
 from pokediff.locks import OutDirLock
 from pokediff.stopping import Stopped, signal_name
 
+LABELS_NAME = "labels.csv"  # beside sample_info.json: image,type
+TYPE_GRID_NAME = "type_grid.png"  # beside grid.png: a row of samples per type
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
@@ -40,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-images", type=int, help="how many images (sample.num_images)")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (sample.batch_size)")
     parser.add_argument("--seed", type=int, help="(sample.seed)")
+    parser.add_argument("--type", dest="types", action="append", metavar="TYPE",
+                        help="type-conditional models: a Pokémon type, or two as fire/flying (repeatable; "
+                             "sample.types; default: every type in turn)")
+    parser.add_argument("--guidance", type=float,
+                        help="classifier-free guidance scale w, 0 = plain conditional (sample.guidance)")
     parser.add_argument("--out", help="grid PNG path (default: <sample.out_dir>/grid.png)")
     parser.add_argument("--images-dir", help="folder for the individual PNGs")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
@@ -49,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     flags = {"sample.sampler": args.sampler, "sample.steps": args.steps, "sample.eta": args.eta,
              "sample.spacing": args.spacing, "sample.num_images": args.num_images,
-             "sample.batch_size": args.batch_size, "sample.seed": args.seed}
+             "sample.batch_size": args.batch_size, "sample.seed": args.seed, "sample.types": args.types,
+             "sample.guidance": args.guidance}
     params = load_params(args.params, args.overrides, flags)
     out_dir = Path(params.sample.out_dir)
     grid_path = Path(args.out) if args.out else out_dir / "grid.png"
@@ -104,18 +118,23 @@ def _sample(args: argparse.Namespace, params, grid_path: Path, images_dir: Path)
     strip_path, info_path = sample_files(grid_path)
     try:
         result = generate(model, diffusion_cfg, cfg, steps=steps, images_dir=images_dir, grid_path=grid_path,
-                          strip_path=strip_path, on_batch=progress)
+                          strip_path=strip_path, type_grid_path=grid_path.with_name(TYPE_GRID_NAME),
+                          on_batch=progress)
     except Stopped as stop:  # each PNG is written whole (pokediff.files); say how far it got
         raise stop.explained(
             f"stopped by {signal_name(stop.signum)} after {written[0]} of {cfg.num_images} images (in {images_dir}/, "
-            f"each one whole); no grid or {info_path.name} was written") from None
+            f"each one whole); no grid, {LABELS_NAME} or {info_path.name} was written") from None
     seconds = time.perf_counter() - t0
     info = {"source": source, "sampler": cfg.sampler, "steps": result.steps, "eta": cfg.eta,
             "spacing": result.spacing, "num_images": cfg.num_images, "seed": cfg.seed,
+            "conditional": result.labels is not None, "types": cfg.types, "guidance": cfg.guidance,
             "seconds": round(seconds, 2), "images_per_second": round(cfg.num_images / seconds, 3)}
     write_atomic(info_path, json.dumps(info, indent=2) + "\n")
-    print(f"pokediff sample: {cfg.num_images} images ({cfg.sampler}, {result.steps} steps) in {seconds:.1f} s "
-          f"-> {images_dir}/, grid {grid_path}, denoising steps {strip_path}")
+    write_labels_csv(grid_path.parent / LABELS_NAME, images_dir, result)
+    conditioned = "" if result.labels is None else (
+        f", types {', '.join(cfg.types) or 'all in turn'}, guidance {cfg.guidance:g}")
+    print(f"pokediff sample: {cfg.num_images} images ({cfg.sampler}, {result.steps} steps{conditioned}) in "
+          f"{seconds:.1f} s -> {images_dir}/, grid {grid_path}, denoising steps {strip_path}")
     return 0
 
 
@@ -126,6 +145,16 @@ def sample_files(grid: Path) -> tuple[Path, Path]:
     if grid.stem == "grid":
         return grid.with_name("progression.png"), grid.with_name("sample_info.json")
     return grid.with_name(f"{grid.stem}_progression.png"), grid.with_name(f"{grid.stem}_info.json")
+
+
+def write_labels_csv(path: Path, images_dir: Path, result) -> None:
+    """labels.csv beside sample_info.json: each image file and the type it was asked for (the score stage's
+    per-type FID reads it); the header alone for an unconditional model."""
+    lines = ["image,type"]
+    if result.labels is not None:
+        lines += [f"{Path(p).relative_to(images_dir).as_posix()},{label}"
+                  for p, label in zip(result.paths, result.labels, strict=True)]
+    write_atomic(path, "\n".join(lines) + "\n")
 
 
 def load_for_sampling(checkpoint: str | None, model_uri: str | None, *, use_ema: bool = True,

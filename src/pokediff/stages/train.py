@@ -122,21 +122,26 @@ def _report_check(params, device, estimate, track: bool) -> int:
 def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
     # as in run(): torch, the data loader and the training code load only for a valid command
     from pokediff.checkpoint import CHECKPOINT_FILE, read_sidecar, run_fingerprint
-    from pokediff.data.image_folder import load_training_images
+    from pokediff.data.image_folder import load_labelled_training_images, load_training_images
     from pokediff.training.loop import train
     from pokediff.training.memory_estimate import count_config_parameters
     from pokediff.training.periodic_eval import EVAL_GRID, EvalLog, in_training_evaluator
     from pokediff.training.stop import TrainingStopped
 
     data_dir = Path(args.data or params.data.out_dir)
-    images = load_training_images(data_dir, params.model.resolution)
+    labels = None  # multi-hot types (N, NUM_TYPES), for a type-conditional model
+    if params.model.condition == "none":
+        images = load_training_images(data_dir, params.model.resolution)
+    else:
+        images, labels = load_labelled_training_images(data_dir, params.model.resolution)
     out_dir = Path(params.train.out_dir)
     n_params = count_config_parameters(params.model)  # from the config, nothing allocated
     if rank == 0:
+        conditioned = "" if labels is None else f", conditioned on types (label dropout {params.train.cond_drop})"
         print(f"pokediff train: {images.shape[0]} images from {data_dir}, U-Net {n_params / 1e6:.2f} M params, "
-              f"{params.train.steps} steps x batch {params.train.batch_size}")
+              f"{params.train.steps} steps x batch {params.train.batch_size}{conditioned}")
 
-    fingerprint = run_fingerprint(images, params.model, params.diffusion, params.train)
+    fingerprint = run_fingerprint(images, params.model, params.diffusion, params.train, labels)
     resume = args.resume
     previous = read_sidecar(out_dir / CHECKPOINT_FILE)
     if args.auto_resume:
@@ -161,7 +166,7 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
             evaluate = in_training_evaluator(params, tracker, eval_log)
         try:
             result = train(images, params.model, params.diffusion, params.train, out_dir, resume=resume,
-                           device=device, progress=not args.no_progress, fingerprint=fingerprint,
+                           device=device, progress=not args.no_progress, fingerprint=fingerprint, labels=labels,
                            on_log=tracker.log_metrics if tracker else None, evaluate=evaluate)
         except TrainingStopped as stop:
             raise stop.explained(_stopped_line(stop, args) if rank == 0 else "") from None

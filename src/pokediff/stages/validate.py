@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def dataset_facts(params: Params, dataset_dir: Path) -> dict[str, Any]:
-    """validate_dataset's resolution, background and expected variants: the last two from the settings
-    the dataset was ingested with (its ingest_summary.json), else from params."""
+    """validate_dataset's resolution, background, expected variants and whether it must be labelled: all but
+    the first from what the dataset was ingested from and with (its ingest_summary.json), else from params.
+    The sprites must be labelled with types; a user's own folder is not."""
     summary = read_summary(dataset_dir) or {}
     settings = summary.get("settings", {})
     expected = (
@@ -35,7 +36,8 @@ def dataset_facts(params: Params, dataset_dir: Path) -> dict[str, Any]:
         if summary.get("sprite_layout") else ()
     )
     background = tuple(settings.get("background", params.data.background))
-    return {"resolution": params.data.resolution, "background": background, "expected_variants": expected}
+    return {"resolution": params.data.resolution, "background": background, "expected_variants": expected,
+            "labelled": bool(summary.get("sprite_layout"))}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,7 +41,8 @@ def log_and_register_model(model_file: Path, run_id: str | None) -> str:
     model_cfg, diffusion_cfg, step = meta["config"]["model"], meta["config"]["diffusion"], meta["step"]
     signature = ModelSignature(
         inputs=Schema([ColSpec("long", "num_images"), ColSpec("string", "sampler"), ColSpec("long", "steps"),
-                       ColSpec("long", "seed"), ColSpec("double", "eta", required=False)]),
+                       ColSpec("long", "seed"), ColSpec("double", "eta", required=False),
+                       ColSpec("string", "type", required=False), ColSpec("double", "guidance", required=False)]),
         outputs=Schema([ColSpec("long", "request"), ColSpec("long", "image"), ColSpec("string", "png_base64")]),
     )
     torch_pin = torch.__version__.split("+")[0]  # a CPU/GPU-agnostic requirement, not "+cu130"

@@ -44,6 +44,7 @@ from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
 from pokediff.devices import resolve_device
 from pokediff.errors import PokediffError
 from pokediff.models import UNet
+from pokediff.pokemon_types import NUM_TYPES
 from pokediff.training import distributed as ddp
 from pokediff.training.step import TrainStep, draw_batch
 from pokediff.training.stop import StopPoll, TrainingStopped
@@ -99,9 +100,12 @@ def train(
     progress: bool = True,
     fingerprint: str | None = None,
     progress_seconds: float = 30.0,
+    labels: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train a U-Net on ``images`` (uint8 (N, 3, R, R)) and write checkpoints under ``out_dir``.
 
+    labels:      the images' multi-hot types (N, NUM_TYPES) uint8: required by a type-conditional model
+                 (model_cfg.condition), refused by an unconditional one.
     resume:      continue from out_dir/checkpoints/last.pt if it exists (else start fresh).
     fingerprint: an identifier of (data, configs) stored with each checkpoint; see run_fingerprint.
     stop_after:  stop after this many optimizer steps of *this* call, as if killed (tests, time limits);
@@ -116,6 +120,7 @@ def train(
     out_dir = Path(out_dir)
     ckpt_path, model_path = out_dir / CHECKPOINT_FILE, out_dir / MODEL_FILE_NAME
     _validate_images(images, model_cfg)
+    _validate_labels(labels, images, model_cfg)
     device, info = _join_processes(resolve_device(device), train_cfg.batch_size)
 
     # ---- state: model, optimizer, LR schedule, EMA (main rank), batch generator; restored on resume
@@ -130,6 +135,7 @@ def train(
     start_step = state.restore(ckpt_path) if resume and ckpt_path.exists() else 0
     _seed_dropout_per_rank(train_cfg.seed, start_step, info)
     data = images.to(device)  # the whole (small) dataset lives on the device: no loader, no host copies
+    data_labels = labels.to(device) if labels is not None else None
     end_step = train_cfg.steps if stop_after is None else min(train_cfg.steps, start_step + stop_after)
     log = _TrainLog(out_dir / "train_log.csv", start_step, train_cfg.steps, info, on_log,
                     progress_seconds if progress else None)
@@ -141,7 +147,8 @@ def train(
     step, signum = start_step, None
     with stopping.deferred(repeats_stop_at_once=not info.enabled):
         while step < end_step and signum is None:
-            batch = draw_batch(data, generator, train_cfg.batch_size, diffusion_cfg.timesteps, train_cfg.hflip, info)
+            batch = draw_batch(data, generator, train_cfg.batch_size, diffusion_cfg.timesteps, train_cfg.hflip, info,
+                               data_labels, train_cfg)
             loss = trainer.loss(batch)
             if device.type == "cpu" and not torch.isfinite(loss):
                 # Checked every step on CPU, where reading a scalar costs nothing. The parameters still hold
@@ -191,6 +198,19 @@ def _validate_images(images: torch.Tensor, model_cfg: ModelConfig) -> None:
         )
     if images.shape[0] == 0:
         raise ValueError("training images: the dataset is empty")
+
+
+def _validate_labels(labels: torch.Tensor | None, images: torch.Tensor, model_cfg: ModelConfig) -> None:
+    if model_cfg.condition == "none":
+        if labels is not None:
+            raise ValueError("labels given for an unconditional model (model.condition: none)")
+        return
+    if labels is None or labels.ndim != 2 or labels.shape != (images.shape[0], NUM_TYPES):
+        got = None if labels is None else tuple(labels.shape)
+        raise ValueError(f"model.condition={model_cfg.condition} needs one multi-hot label row per image, "
+                         f"shape ({images.shape[0]}, {NUM_TYPES}); got {got}")
+    if not bool(labels.any()):
+        raise ValueError(f"model.condition={model_cfg.condition}: no training image has a type label")
 
 
 def _join_processes(device: torch.device, batch_size: int) -> tuple[torch.device, ddp.DistInfo]:

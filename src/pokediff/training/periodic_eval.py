@@ -68,6 +68,9 @@ def in_training_evaluator(params: Params, tracker: Any, eval_log: EvalLog) -> Ca
     sample_cfg = params.sample.model_copy(update={
         "sampler": "ddim", "steps": params.train.eval_sampler_steps, "eta": 0.0,
         "num_images": params.train.eval_num_samples, "seed": params.sample.seed,
+        # a conditional model: every type in turn, unguided, whatever sample.* asks (the train stage does
+        # not depend on sample.types / sample.guidance, so a guidance sweep never retrains)
+        "types": [], "guidance": 0.0,
     })
 
     def evaluate(ema_model, step: int) -> dict[str, float]:

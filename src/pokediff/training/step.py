@@ -21,6 +21,7 @@ from pokediff.diffusion import NoiseSchedule, diffusion_loss, min_snr_weight, q_
 from pokediff.pixels import from_uint8
 from pokediff.training import distributed as ddp
 from pokediff.training.ema import EMA
+from pokediff.training.labels import draw_labels
 from pokediff.training.lr import warmup_cosine
 
 
@@ -29,23 +30,32 @@ class Batch:
     x0: torch.Tensor  # (b, C, R, R) float in [-1, 1]
     t: torch.Tensor  # (b,) long
     noise: torch.Tensor  # (b, C, R, R)
+    labels: torch.Tensor | None = None  # (b, NUM_TYPES) float multi-hot, conditional models only
 
 
 def draw_batch(images: torch.Tensor, generator: torch.Generator, batch_size: int, timesteps: int,
-               hflip: bool, info: ddp.DistInfo = ddp.SINGLE_PROCESS) -> Batch:
+               hflip: bool, info: ddp.DistInfo = ddp.SINGLE_PROCESS, labels: torch.Tensor | None = None,
+               train_cfg: TrainConfig | None = None) -> Batch:
     """Draw a global batch from a uint8 (N, C, R, R) dataset on the generator's device; keep this rank's
-    shard. Every rank makes the same draws, so sharding reproduces single-process training exactly."""
+    shard. Every rank makes the same draws, so sharding reproduces single-process training exactly.
+
+    labels: the dataset's multi-hot types (N, NUM_TYPES) for a conditional model; the batch's labels are
+    then drawn with train_cfg.cond_drop / cond_one_type (pokediff.training.labels), after the other draws."""
     device = images.device
     B = batch_size
     idx = torch.randint(images.shape[0], (B,), generator=generator, device=device)
     flip = torch.rand(B, generator=generator, device=device) < 0.5
     t = torch.randint(timesteps, (B,), generator=generator, device=device)
     noise = torch.randn((B, *images.shape[1:]), generator=generator, device=device)
+    drawn = None
+    if labels is not None:
+        cfg = train_cfg or TrainConfig()
+        drawn = ddp.shard(draw_labels(labels[idx], generator, cfg.cond_drop, cfg.cond_one_type), info)
     idx, flip, t, noise = (ddp.shard(v, info) for v in (idx, flip, t, noise))
     x0 = from_uint8(images[idx])  # (b, C, R, R) uint8 -> [-1, 1]
     if hflip:
         x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
-    return Batch(x0, t, noise)
+    return Batch(x0, t, noise, drawn)
 
 
 class TrainStep:
@@ -85,7 +95,10 @@ class TrainStep:
         if cfg.loss_weighting == "min_snr":
             weights = min_snr_weight(self.sched, batch.t, cfg.prediction, cfg.min_snr_gamma)
         with autocast_for(self.device, self.train_cfg.precision):
-            output = self.model(x_t, batch.t)
+            if batch.labels is None:
+                output = self.model(x_t, batch.t)
+            else:
+                output = self.model(x_t, batch.t, batch.labels)
         return diffusion_loss(output, target, weights)
 
     def update(self, loss: torch.Tensor, step: int) -> None:
