@@ -1,8 +1,12 @@
-"""Device choice, shared by training, sampling and scoring."""
+"""Device choice and mixed precision, shared by training, sampling and scoring."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+from pokediff.choices import PRECISIONS
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -19,3 +23,16 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
     return resolved
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The mixed-precision context for a network call on ``device``.
+
+    "bf16": bf16 autocast on any device (on CPU too, which is how the tests run the GPU path);
+    "auto": bf16 autocast on CUDA, plain fp32 elsewhere; "fp32": plain fp32. Under autocast the convolutions,
+    linears and attention run in bf16 while the weights, normalisation and the loss stay float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -5,7 +5,6 @@ The math lives in pokediff.diffusion; this module only batches, seeds, converts 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from pokediff.config import DiffusionConfig, SampleConfig
+from pokediff.devices import autocast_for
 from pokediff.diffusion import NoiseSchedule, make_sampler, sample
 from pokediff.imaging import make_grid, save_grid, save_png, save_pngs, to_uint8
 
@@ -47,21 +47,41 @@ def load_for_sampling(checkpoint: str | None = None, model_uri: str | None = Non
     return model, diffusion_cfg, f"{checkpoint} (step {step})"
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, C, R, R), t (B,)) -> prediction
+
+
+def sampling_network(model: nn.Module, *, channels_last: bool = False, compile: bool = False) -> Network:
+    """What the sampler calls at every step: ``model``, optionally in channels_last memory format and/or
+    torch.compile'd. channels_last converts the model's weights in place and each x_t on the way in
+    (the sampler's own arithmetic keeps whatever layout it is given). A compiled network is built once
+    per call of ``generate``: the sampler passes t as a (B,) tensor, so the graph does not depend on the
+    step and compiles once per batch shape."""
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    network = torch.compile(model) if compile else model
+    if not channels_last:
+        return network
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return network(x.contiguous(memory_format=torch.channels_last), t)
+
+    return call
 
 
 def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, cfg: SampleConfig, *, steps: int | None,
              images_dir: str | Path | None = None, grid_path: str | Path | None = None,
              strip_path: str | Path | None = None, grid_max: int = 64,
-             on_batch: Callable[[int, int], None] | None = None) -> Generated:
+             on_batch: Callable[[int, int], None] | None = None, precision: str = "auto",
+             channels_last: bool = False, compile: bool = False) -> Generated:
     """Generate cfg.num_images images in batches of cfg.batch_size, reproducibly from cfg.seed.
 
     One CPU generator feeds every batch, so the images do not depend on the device. Optionally writes
     the PNGs, a grid of the first ``grid_max`` and a strip of x0 estimates along the first trajectory.
-    ``on_batch(done, total)`` is called after each batch (progress lines)."""
+    ``on_batch(done, total)`` is called after each batch (progress lines).
+
+    precision: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32", around the network
+    only: the sampler's arithmetic stays float32 (pokediff.devices.autocast_for). channels_last and
+    compile: see sampling_network; they change speed, not the images (beyond float rounding)."""
     device = next(model.parameters()).device
     sched = NoiseSchedule(diffusion_cfg.schedule, diffusion_cfg.timesteps)
     sampler = make_sampler(cfg.sampler, sched, steps, eta=cfg.eta, prediction=diffusion_cfg.prediction,
@@ -76,11 +96,12 @@ def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, cfg: SampleConfig
         if i in keep:
             strip_frames.append(to_uint8(x_t[:8]).cpu())
 
+    network = sampling_network(model, channels_last=channels_last, compile=compile)
     batches, paths, done = [], [], 0
-    with _autocast(device):
+    with autocast_for(device, precision):
         while done < cfg.num_images:
             n = min(cfg.batch_size, cfg.num_images - done)
-            x = sample(model, sched, (n, ch, res, res), sampler, generator=generator,
+            x = sample(network, sched, (n, ch, res, res), sampler, generator=generator, device=device,
                        callback=record if (done == 0 and strip_path) else None)
             images = to_uint8(x).cpu()
             if images_dir is not None:

@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from pokediff.choices import AUTO_SPACING, SAMPLERS, SPACINGS
+from pokediff.choices import AUTO_SPACING, PRECISIONS, SAMPLERS, SPACINGS
 from pokediff.cli import add_common_arguments
 
 
@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images-dir", help="folder for the individual PNGs")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="network precision: auto = bf16 autocast on CUDA, fp32 elsewhere (default: auto)")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last weights and inputs")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network (once per batch shape; pays off for many images)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,11 +80,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"sample: {done}/{total} images, {done / elapsed:.1f} img/s, ETA {eta:.0f} s", flush=True)
 
     result = generate(model, diffusion_cfg, cfg, steps=steps, images_dir=images_dir, grid_path=grid_path,
-                      strip_path=grid_path.with_name("progression.png"), on_batch=progress)
+                      strip_path=grid_path.with_name("progression.png"), on_batch=progress,
+                      precision=args.precision, channels_last=args.channels_last, compile=args.compile)
     seconds = time.perf_counter() - t0
     info = {"source": source, "sampler": cfg.sampler, "steps": result.steps, "eta": cfg.eta,
             "spacing": result.spacing, "num_images": cfg.num_images, "seed": cfg.seed,
-            "seconds": round(seconds, 2), "images_per_second": round(cfg.num_images / seconds, 3)}
+            "seconds": round(seconds, 2), "images_per_second": round(cfg.num_images / seconds, 3),
+            "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile}
     grid_path.parent.mkdir(parents=True, exist_ok=True)
     (grid_path.parent / "sample_info.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"pokediff sample: {cfg.num_images} images ({cfg.sampler}, {result.steps} steps) in {seconds:.1f} s "

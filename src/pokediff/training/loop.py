@@ -32,6 +32,7 @@ from pokediff.devices import resolve_device
 from pokediff.errors import PokediffError
 from pokediff.models import UNet
 from pokediff.training import distributed as ddp
+from pokediff.training.budget import WallClockBudget
 from pokediff.training.checkpoint import (
     CHECKPOINT_FORMAT,
     MODEL_FILE_NAME,
@@ -71,6 +72,7 @@ class TrainResult:
     images_per_second: float = float("nan")
     resumed_from: int = 0
     seconds: float = 0.0
+    stopped_by_budget: bool = False  # train.max_seconds ended this call before train.steps
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
@@ -232,6 +234,7 @@ def train(
     bar = _progress_bar(start_step, train_cfg.steps, use_bar)
     lines = _ProgressLines(start_step, train_cfg.steps, progress_seconds, info.is_main and not use_bar)
 
+    budget = WallClockBudget(train_cfg.max_seconds, info, device)
     trainer.raw_model.train()
     step = start_step
     while step < end_step:
@@ -245,8 +248,9 @@ def train(
         step += 1
         pending.append(loss.detach())
         window_images += train_cfg.batch_size
+        out_of_time = budget.exhausted(step, train_cfg.log_every)
 
-        if step % train_cfg.log_every == 0 or step == end_step:
+        if step % train_cfg.log_every == 0 or step == end_step or out_of_time:
             losses = ddp.mean_across_ranks(torch.stack(pending), info).tolist()  # one host sync
             bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
             if bad:  # on GPU: found at the sync; the last periodic checkpoint predates it
@@ -263,14 +267,16 @@ def train(
                 on_log(step, {k: v for k, v in row.items() if k != "step"})
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{last_ips:.1f}")
-            lines.update(step, row["loss"], last_ips, final=step == end_step)
+            lines.update(step, row["loss"], last_ips, final=step == end_step or out_of_time)
 
-        if info.is_main and step % train_cfg.checkpoint_every == 0 and step < end_step:
+        if info.is_main and step % train_cfg.checkpoint_every == 0 and step < end_step and not out_of_time:
             save_checkpoint(step)
         if evaluate is not None and info.is_main and train_cfg.eval_every and step % train_cfg.eval_every == 0:
             metrics = evaluate(trainer.ema.model, step)
             if on_log is not None and metrics:
                 on_log(step, metrics)
+        if out_of_time:
+            break  # the final checkpoint and model file are written below, as at train.steps
 
     bar.close()
     if (stop_after is None or step >= train_cfg.steps) and info.is_main:
@@ -281,7 +287,7 @@ def train(
     return TrainResult(
         step=step, checkpoint=ckpt_path, model_file=model_path, log_file=out_dir / "train_log.csv",
         losses=all_losses, images_per_second=last_ips, resumed_from=start_step,
-        seconds=time.perf_counter() - t_start,
+        seconds=time.perf_counter() - t_start, stopped_by_budget=step < end_step,
     )
 
 

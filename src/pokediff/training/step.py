@@ -9,7 +9,6 @@ Kept apart from the loop so the benchmark times exactly what training runs.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pokediff.config import DiffusionConfig, TrainConfig
 from pokediff.data.images import from_uint8
+from pokediff.devices import autocast_for
 from pokediff.diffusion import NoiseSchedule, diffusion_loss, min_snr_weight, q_sample, training_target
 from pokediff.training import distributed as ddp
 from pokediff.training.ema import EMA
@@ -46,13 +46,6 @@ def draw_batch(images: torch.Tensor, generator: torch.Generator, batch_size: int
     if hflip:
         x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
     return Batch(x0, t, noise)
-
-
-def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast on CUDA ("auto" or "bf16"), plain fp32 otherwise."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class TrainStep:
