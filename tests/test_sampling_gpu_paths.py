@@ -117,3 +117,13 @@ def test_cli_sample_options_reach_the_sampler(tmp_path):
     assert calls and all(c["autocast_dtype"] == torch.bfloat16 and c["x_channels_last"] for c in calls)
     info = json.loads((tmp_path / "sample_info.json").read_text())
     assert (info["precision"], info["channels_last"], info["compile"]) == ("bf16", True, False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs CUDA: precision=auto is bf16 only on CUDA (on a CPU it is fp32, tested above)")
+def test_on_cuda_auto_precision_samples_under_bf16(model):
+    net = UNet(model.config).eval().cuda()
+    net.load_state_dict(model.state_dict())
+    with unet_forward_calls() as calls:
+        generate(net, DiffusionConfig(), SampleConfig(steps=STEPS, num_images=2, batch_size=2), steps=STEPS)
+    assert calls and all(c["autocast_dtype"] == torch.bfloat16 and c["autocast"] for c in calls)

@@ -163,3 +163,15 @@ def test_ddp_with_compile_matches_single_process_eager(tmp_path, image_dir, indu
     np.testing.assert_allclose([r["grad_norm"] for r in ddp], [r["grad_norm"] for r in eager], rtol=1e-3)
     a, b = load_file(tmp_path / "ddp" / "model.safetensors"), load_file(tmp_path / "single" / "model.safetensors")
     assert _weights_close(a["ema"], b["ema"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs CUDA: precision=auto means bf16 only on CUDA, and TrainStep's fused AdamW and "
+                           "cuDNN kernels exist only there (the CPU tests above run the same code with CPU kernels)")
+def test_on_cuda_auto_precision_is_bf16_and_training_stays_finite(tmp_path):
+    cfg = TrainConfig(steps=STEPS, batch_size=4, lr=1e-2, warmup_steps=1, log_every=1, checkpoint_every=100, seed=3)
+    with unet_forward_calls() as calls:
+        result = train(_images(), tiny_model_config(), DiffusionConfig(), cfg, tmp_path, device="cuda",
+                       progress=False)
+    assert all(c["autocast"] and c["autocast_dtype"] == torch.bfloat16 for c in calls)
+    assert all(math.isfinite(v) for v in result.losses)
