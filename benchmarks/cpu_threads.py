@@ -1,6 +1,6 @@
 """Intra-op threads on a shared CPU: training images/s of P pokediff processes side by side with T threads each.
 
-    python -m benchmarks.cpu_threads                    # 1x1 1x2 2x1 2x2 2x2-passive, 40 steps each
+    python -m benchmarks.cpu_threads                    # 1x1 1x2 1x2-passive 2x1 2x2 2x2-passive, 40 steps each
     python -m benchmarks.cpu_threads --configs 2x1,2x2 --steps 60 --json out.json
 
 Each process runs the main job's training step (configs/cpu-small.yaml's model, batch 16, fp32: what
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIGS = "1x1,1x2,2x1,2x2,2x2-passive"
+DEFAULT_CONFIGS = "1x1,1x2,1x2-passive,2x1,2x2,2x2-passive"
 
 
 def worker(steps: int, warmup: int, threads: int) -> dict:
