@@ -14,8 +14,8 @@ recorded and the next one still runs:
     pack          into $OUT (at most 8 files of at most 16 MiB): summary.json (environment, every phase's
                   command, seconds and status, the benchmark results, train_metrics.json, sample_info.json),
                   logs.tar.xz (phase logs, train_log.csv, grid.png, progression.png, nvidia-smi samples),
-                  samples.tar.xz (the PNGs; split into samples.tar.xz.part00 ... if over 15 MiB:
-                  `cat samples.tar.xz.part* | tar -xJ`)
+                  samples.tar.gz (the PNGs; split into samples.tar.gz.part00 ... if over 15 MiB:
+                  `cat samples.tar.gz.part* | tar -xz`)
 
 summary.json and logs.tar.xz are rewritten after every phase, so a run killed by its time limit still
 returns what it finished. --dry-run-cpu rehearses every phase on this machine at toy sizes (tiny U-Net,
@@ -204,8 +204,8 @@ class Run:
         (self.out / "logs.tar.xz.tmp").replace(self.out / "logs.tar.xz")
 
 
-OUT_ENTRIES = ("summary.json*", "logs.tar.xz*", "samples.tar.xz*")
-WORK_ENTRIES = ("dataset", "bench", "train", "samples", "logs", "samples.tar.xz")
+OUT_ENTRIES = ("summary.json*", "logs.tar.xz*", "samples.tar.gz*")
+WORK_ENTRIES = ("dataset", "bench", "train", "samples", "logs", "samples.tar.gz")
 
 
 def _remove_own(folder: Path, patterns: tuple[str, ...]) -> None:
@@ -332,23 +332,23 @@ def pack_samples(run: Run) -> str:
     images = sorted((run.work / "samples" / "images").glob("*.png"))
     if not images:
         raise FileNotFoundError("no sample images to pack")
-    archive = run.work / "samples.tar.xz"
-    with tarfile.open(archive, "w:xz") as tar:
+    archive = run.work / "samples.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:  # PNGs are compressed already: gzip for the tar, not xz's minutes
         for p in images:
             tar.add(p, arcname=f"samples/{p.name}")
     size = archive.stat().st_size
-    for old in run.out.glob("samples.tar.xz*"):
+    for old in run.out.glob("samples.tar.gz*"):
         old.unlink()
     if size <= PART_BYTES:
-        shutil.copyfile(archive, run.out / "samples.tar.xz")
+        shutil.copyfile(archive, run.out / "samples.tar.gz")
         return f"{len(images)} images, {size / MiB:.2f} MiB"
     parts = -(-size // PART_BYTES)
     if parts > MAX_FILES - 2:  # summary.json and logs.tar.xz take two of the eight files
         raise ValueError(f"{size / MiB:.1f} MiB of samples do not fit in {MAX_FILES - 2} parts of 15 MiB")
     with archive.open("rb") as f:
         for i in range(parts):
-            (run.out / f"samples.tar.xz.part{i:02d}").write_bytes(f.read(PART_BYTES))
-    return f"{len(images)} images, {size / MiB:.2f} MiB in {parts} parts (cat samples.tar.xz.part* | tar -xJ)"
+            (run.out / f"samples.tar.gz.part{i:02d}").write_bytes(f.read(PART_BYTES))
+    return f"{len(images)} images, {size / MiB:.2f} MiB in {parts} parts (cat samples.tar.gz.part* | tar -xz)"
 
 
 def check_outputs(out: Path) -> str:

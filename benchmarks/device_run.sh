@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The GPU run in one command (issue 20): install the carried wheels, then benchmarks/device_run.py runs
 # the benchmarks, a 300-s training of params.yaml's recipe and 2,048 DDIM-50 EMA samples, and leaves
-# summary.json, logs.tar.xz and samples.tar.xz in $OUT (details: benchmarks/device_run.py).
+# summary.json, logs.tar.xz and samples.tar.gz in $OUT (details: benchmarks/device_run.py).
 #
 # Before sending it, here (once, ~1 min):
 #     pokediff ingest                                  # outputs/dataset (if not there yet)
-#     python -m benchmarks.device_prepare              # .device/: 30 cp312 wheels + the packed sprites; checks 64 MiB
+#     python -m benchmarks.device_prepare              # .device/: 31 cp312 wheels + the packed sprites; checks 64 MiB
 #     bash benchmarks/device_run.sh --dry-run-cpu      # the same script at toy sizes, ~1-2 min
 #
 # The device call (the `run` tool; one line, the carry list, the time limit):
@@ -15,9 +15,10 @@
 # A rerun of only what failed: bash benchmarks/device_run.sh --skip bench   (or --skip train,sample);
 # extra training overrides pass through: bash benchmarks/device_run.sh -S train.steps=2400
 #
-# Afterwards, here:  mkdir -p runs/gpu && tar -xJf <files_at>/samples.tar.xz -C runs/gpu
-#     pokediff score --samples runs/gpu/samples --ref outputs/ref_stats/ref_stats.npz   (full-set reference:
-#     pokediff ref-stats -S score.ref_max_images=0)
+# Afterwards, here (<files_at> is where the returned files lie; parts: cat samples.tar.gz.part* | tar -xz):
+#     mkdir -p outputs/gpu_run && tar -xzf <files_at>/samples.tar.gz -C outputs/gpu_run && tar -xJf <files_at>/logs.tar.xz -C outputs/gpu_run
+#     pokediff ref-stats --data outputs/dataset --out outputs/ref_stats/ref_stats.npz   # every training image
+#     pokediff score --samples outputs/gpu_run/samples --ref outputs/ref_stats/ref_stats.npz --out outputs/gpu_run/metrics.json --no-track
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

@@ -108,7 +108,7 @@ def test_dry_run_leaves_the_files_the_gpu_run_returns(carry, tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["logs.tar.xz", "samples.tar.xz", "summary.json"]
+    assert files == ["logs.tar.xz", "samples.tar.gz", "summary.json"]
     assert all((out / f).stat().st_size <= 16 * 2**20 for f in files)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "dry-run-cpu"
@@ -124,7 +124,7 @@ def test_dry_run_leaves_the_files_the_gpu_run_returns(carry, tmp_path):
     assert summary["train"]["stopped_by_budget"] == 1 and summary["train"]["steps"] >= 1
     assert summary["sample"]["num_images"] == 8 and summary["sample"]["precision"] == "bf16"
 
-    with tarfile.open(out / "samples.tar.xz") as tar:
+    with tarfile.open(out / "samples.tar.gz") as tar:
         names = sorted(m.name for m in tar.getmembers() if m.isfile())
         assert names == [f"samples/{i:06d}.png" for i in range(8)]
         first = Image.open(tar.extractfile(names[0]))
