@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 # table: 13 min 50 s with nothing else running, 31 min 37 s beside a test run). On a GPU, `dvc repro` runs params.yaml as is.
 SMALL_CONFIG := configs/cpu-small.yaml
 
-.PHONY: install test pipeline sweep lint clean-outputs
+.PHONY: install test pipeline sweep lint clean-outputs team-up team-down team-status team-check team-deploy team-worker team-crashed
 
 $(BIN)/pokediff: pyproject.toml requirements/lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,3 +48,29 @@ lint: install
 
 clean-outputs:
 	rm -rf outputs
+
+# ---- On a team (docs/team.md): the team's servers on this machine, and this machine as a team member.
+# Every target reads this machine's team settings the same way: the environment, then team.env.
+TEAM := $(BIN)/python -m pokediff.team
+POOL ?= pokediff-team
+
+team-up: install        # PostgreSQL + MLflow (login, proxied artifacts) + Prefect (auth) + remotes, state in .team/
+	$(TEAM) stack up
+
+team-down:              # stop them (the state stays in .team/); without a .venv nothing can be running
+	@if test -x $(BIN)/python; then $(TEAM) stack down; else echo "team stack: nothing was running"; fi
+
+team-status:
+	$(TEAM) stack status
+
+team-check: install     # this machine's settings (no secrets shown) and each server's login
+	$(TEAM) check
+
+team-deploy: install    # deploy HEAD (pushed to the team's git remote) to the team's Prefect server
+	$(TEAM) deploy
+
+team-crashed: install   # a flow run whose worker died -> Crashed, freeing its slot (make team-crashed RUN=<id>)
+	$(TEAM) mark-crashed $(RUN)
+
+team-worker: install    # a worker on this host for the pool (make team-worker POOL=gpu-pool)
+	$(TEAM) worker --pool $(POOL)

@@ -90,7 +90,7 @@ def ddpm_worker(args: argparse.Namespace) -> None:
     import torch
 
     from benchmarks._common import import_ddpm_pytorch
-    from pokediff.imaging import save_pngs, to_uint8
+    from pokediff.pixels import save_pngs, to_uint8
 
     ddpm = import_ddpm_pytorch()
     out = Path(args.work) / "ddpm-pytorch"

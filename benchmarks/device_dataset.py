@@ -3,7 +3,7 @@
     pack_images(dataset_dir, carry_dir)    # here: <carry>/dataset.u8.xz + dataset.json
     unpack_images(carry_dir, images_dir)   # there: images_dir/000000.png ... (the same pixels, same order)
 
-Format: the uint8 array (N, 3, R, R) of ``pokediff.data.load_training_images`` (manifest order), its raw
+Format: the uint8 array (N, 3, R, R) of ``pokediff.data.image_folder.load_training_images`` (manifest order), its raw
 bytes xz-compressed, with a JSON header holding the shape and the sha256 of the raw bytes. The 2,572
 ingested 64x64 sprites: 31.6 MB raw, 14.7 MB as PNGs, 9.6 MB this way (xz sees the white backgrounds
 of all images at once; PNG compresses each alone). Unpacking decompresses at most the declared size,
@@ -23,7 +23,7 @@ MAX_RAW_BYTES = 1 << 30  # a carried dataset is tens of MB; refuse to allocate w
 
 
 def pack_images(dataset_dir: str | Path, carry_dir: str | Path, resolution: int = 64) -> dict:
-    from pokediff.data import load_training_images
+    from pokediff.data.image_folder import load_training_images
 
     images = load_training_images(dataset_dir, resolution)  # uint8 (N, 3, R, R)
     raw = images.contiguous().numpy().tobytes()
@@ -40,7 +40,7 @@ def unpack_images(carry_dir: str | Path, images_dir: str | Path) -> dict:
     import numpy as np
     import torch
 
-    from pokediff.imaging import save_pngs
+    from pokediff.pixels import save_pngs
 
     carry = Path(carry_dir)
     header = json.loads((carry / HEADER_FILE).read_text())

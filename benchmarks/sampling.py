@@ -8,8 +8,8 @@
 One sampling call = one batch of B images from pure noise to the final image, on the device; images/s
 = B / seconds per call (median over windows). As each project's users sample:
 
-    ours          pokediff.diffusion.sample(model, sched, shape, sampler="ddim", steps=50) under bf16
-                  autocast on CUDA (what pokediff.sampling.generate runs), and sampler="dpmpp2m", steps=20
+    ours          pokediff.diffusion.reverse_process(model, sched, shape, sampler="ddim", steps=50) under bf16
+                  autocast on CUDA (what pokediff.generation.generate runs), and sampler="dpmpp2m", steps=20
     ddpm-pytorch  GaussianDiffusion(Unet(dim=64, dim_mults=(1, 2, 4, 8), flash_attn=True), image_size=64,
                   timesteps=1000, sampling_timesteps=50).sample(batch_size=B)   (its DDIM path)
     diffusers     DDIMPipeline(UNet2DModel(<unconditional example's 64x64 config>), DDIMScheduler())(
@@ -95,10 +95,10 @@ def perturb_zero_init(model: nn.Module, std: float = 0.02) -> nn.Module:
 # ----------------------------------------------------------------------------------------------
 def ours(opts: Options, sampler: str, cuda_graphs: bool = False) -> Sampling:
     """pokediff.diffusion.sample with the default model and diffusion configs, as
-    pokediff.sampling.generate calls it: a CPU generator for the initial noise (device-independent
+    pokediff.generation.generate calls it: a CPU generator for the initial noise (device-independent
     seeds), bf16 autocast on CUDA."""
     from pokediff.config import DiffusionConfig, ModelConfig
-    from pokediff.diffusion import NoiseSchedule, sample
+    from pokediff.diffusion import NoiseSchedule, reverse_process
     from pokediff.models import UNet
 
     device, B, R = opts.device, opts.batch_size, opts.resolution
@@ -112,7 +112,7 @@ def ours(opts: Options, sampler: str, cuda_graphs: bool = False) -> Sampling:
 
     def run() -> torch.Tensor:
         with autocast(device, opts.precision):
-            return sample(network, sched, (B, 3, R, R), sampler=sampler, steps=opts.steps,
+            return reverse_process(network, sched, (B, 3, R, R), sampler=sampler, steps=opts.steps,
                           prediction=diffusion_cfg.prediction, generator=generator, device=device)
 
     x, t = _example_inputs(opts)

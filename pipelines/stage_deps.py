@@ -2,12 +2,13 @@
 
     python -m pipelines.stage_deps            # print, per stage, the files/packages for dvc.yaml
     python -m pipelines.stage_deps --check    # exit 1 and name the differences with dvc.yaml
+    python -m pipelines.stage_deps --write    # rewrite dvc.yaml's src/ deps to match (comments kept)
 
 A stage's command is `pokediff <subcommand>`: the console script imports pokediff.cli, which imports
 pokediff.stages.<module>. From there this follows every `import` of a pokediff module, including the
-lazy ones inside functions (run() imports torch-heavy code only when it runs) and the module names
-that package __init__ files import by string (pokediff.data's lazy attributes), plus the __init__.py
-of every package on the way. The result is a superset of what one run loads (a branch not taken
+lazy ones inside functions (run() imports torch-heavy code only when it runs) and module names given
+as strings ("pokediff.tracking.pyfunc_model", the code file MLflow stores as the model), plus the
+__init__.py of every package on the way. The result is a superset of what one run loads (a branch not taken
 still counts), which is the safe side for DVC: a change there may matter, so the stage reruns.
 A whole package is listed as its folder when every file in it is used (so a new module there is
 covered without editing dvc.yaml); otherwise the files are listed one by one.
@@ -17,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import sys
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -120,8 +124,6 @@ def expand(deps: list[str], root: Path = ROOT) -> set[Path]:
 
 def dvc_yaml_source_deps(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, list[str]]:
     """Each stage's deps under src/ as dvc.yaml lists them."""
-    import yaml
-
     text = dvc_yaml.read_text()
     stages = yaml.safe_load(text)["stages"]
     return {name: [d for d in stage.get("deps", []) if isinstance(d, str) and d.startswith("src/")]
@@ -141,10 +143,47 @@ def differences(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, dict[str, list[
     return out
 
 
+def write(dvc_yaml: Path = ROOT / "dvc.yaml") -> list[str]:
+    """Replace each stage's run of ``- src/...`` deps in dvc.yaml by the generated list, leaving every
+    other line (other deps, params, outs, comments) as it is. Returns the stages whose deps changed."""
+    lines = dvc_yaml.read_text().splitlines(keepends=True)
+    out: list[str] = []
+    stage, changed, i = None, [], 0
+    while i < len(lines):
+        header = re.match(r"^  ([A-Za-z_][\w-]*):\s*(#.*)?$", lines[i])  # a stage under `stages:`
+        if header:
+            stage = header.group(1)
+        dep = re.match(r"^(\s+)- src/", lines[i])
+        if dep is None or stage not in STAGE_MODULES:
+            out.append(lines[i])
+            i += 1
+            continue
+        end = i
+        while end < len(lines) and re.match(r"^\s+- src/", lines[end]):
+            end += 1
+        new = [f"{dep.group(1)}- {path}\n" for path in collapse(stage_files(stage))]
+        if new != lines[i:end]:
+            changed.append(stage)
+        out += new
+        i = end
+    missing = sorted(set(STAGE_MODULES) - {s for s, d in dvc_yaml_source_deps(dvc_yaml).items() if d})
+    if missing:
+        raise SystemExit(f"{dvc_yaml}: stage(s) {', '.join(missing)} list no src/ deps to replace; "
+                         "add one `- src/pokediff/cli.py` line under their deps first")
+    dvc_yaml.write_text("".join(out))
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.stage_deps", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="compare with dvc.yaml; exit 1 on a difference")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="compare with dvc.yaml; exit 1 on a difference")
+    mode.add_argument("--write", action="store_true", help="rewrite dvc.yaml's src/ deps from the imports")
     args = parser.parse_args(argv)
+    if args.write:
+        changed = write()
+        print(f"dvc.yaml: src/ deps rewritten for {', '.join(changed)}" if changed else "dvc.yaml: deps already match")
+        return 0
     if args.check:
         diff = differences()
         for stage, d in diff.items():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -31,8 +32,9 @@ from prefect.states import Failed
 
 from pipelines import dvc_tasks
 from pipelines.dvc_tasks import LOCK_FILE, PARAMS_FILE, StepFailed
-from pipelines.flows import check_overrides, cli_overrides, experiment_name, link_env, report_state
+from pipelines.flows import check_overrides, cli_overrides, experiment_name, link_env, report_state, team_preflight
 from pokediff.choices import SAMPLERS
+from pokediff.env import set_offline_defaults
 
 # CPU-friendly default: about 1 to 2 minutes per point at 300 images on 2 cores (small U-Net).
 DEFAULT_GRID = ["ddim:10", "ddim:25", "ddim:50", "dpmpp2m:10", "dpmpp2m:20"]
@@ -89,7 +91,7 @@ def table_markdown(points: list[dict]) -> str:
 
 def plot_fid_vs_nfe(points: list[dict], path: Path, title: str) -> Path:
     """One line per sampler, FID (lower is better) against NFE on a log axis."""
-    import matplotlib
+    import matplotlib  # ~1 s to import, only for the plot; the Agg backend must be chosen before pyplot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -124,30 +126,20 @@ def log_to_mlflow(run_info_path: str, files: list[str]) -> str | None:
     if not run_id:
         get_run_logger().warning("%s names no MLflow run: sweep results not logged to MLflow", run_info_path)
         return None
-    from mlflow import MlflowClient
+    from pokediff.tracking.evaluations import log_files_to_run  # imports mlflow (seconds): only here
 
-    from pokediff.tracking.store import configure
-
-    configure()
-    client = MlflowClient()
-    for path in files:
-        client.log_artifact(run_id, path, artifact_path="sweep")
+    log_files_to_run(run_id, files, artifact_path="sweep")
     return run_id
 
 
 @task(name="log-point-metrics", task_run_name="log-point-metrics", retries=2, retry_delay_seconds=5)
 def log_point_metrics(points: list[dict]) -> None:
     """Each point's NFE and seconds on its nested MLflow evaluation run (the score stage made it)."""
-    from mlflow import MlflowClient
+    from pokediff.tracking.evaluations import log_metrics_to_run  # imports mlflow (seconds): only here
 
-    from pokediff.tracking.store import configure
-
-    configure()
-    client = MlflowClient()
     for p in points:
         if p.get("evaluation_run_id"):
-            for key in ("nfe", "sample_seconds"):
-                client.log_metric(p["evaluation_run_id"], key, float(p[key]))
+            log_metrics_to_run(p["evaluation_run_id"], {key: float(p[key]) for key in ("nfe", "sample_seconds")})
 
 
 @flow(name="pokediff-sweep", log_prints=True)
@@ -229,8 +221,6 @@ def pokediff_sweep(grid: list[str] | None = None, num_images: int | None = None,
 
 def subprocess_quiet(cmd: list[str]) -> str:
     """Run a command; '' on success, else its last line of output."""
-    import subprocess
-
     out = subprocess.run(cmd, capture_output=True, text=True, env=dvc_tasks.env())
     if out.returncode == 0:
         return ""
@@ -247,12 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params-file", help="YAML overrides with params.yaml's nesting (e.g. configs/cpu-small.yaml)")
     parser.add_argument("--out-dir", default="outputs/sweep")
     args = parser.parse_args(argv)
-    from pokediff.env import set_offline_defaults
-
     set_offline_defaults()
     overrides = cli_overrides("python -m pipelines.sweep", args.params_file, args.overrides)
     if overrides is None:
         return 2
+    if not team_preflight("python -m pipelines.sweep"):
+        return 1
     state = pokediff_sweep(grid=args.grid, num_images=args.num_images, overrides=overrides, out_dir=args.out_dir,
                            return_state=True)
     code = report_state("pokediff-sweep", state)

@@ -16,8 +16,8 @@ import torch
 
 from helpers import fresh_compile_state, inductor_ran, shared_inductor_cache, tiny_model_config, unet_forward_calls
 from pokediff.config import DiffusionConfig, SampleConfig
+from pokediff.generation import generate
 from pokediff.models import UNet
-from pokediff.sampling import generate
 
 STEPS = 4
 
@@ -103,8 +103,8 @@ def test_compiled_sampling_compiles_once_and_matches_eager(model, inductor_cache
 def test_cli_sample_options_reach_the_sampler(tmp_path):
     """`pokediff sample --precision bf16 --channels-last`: recorded in sample_info.json, and the network
     really ran that way."""
+    from pokediff.checkpoint import save_model_file
     from pokediff.cli import main
-    from pokediff.training import save_model_file
 
     torch.manual_seed(0)
     net = UNet(tiny_model_config())

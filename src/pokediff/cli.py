@@ -21,6 +21,7 @@ import traceback
 
 from pokediff import env
 from pokediff.errors import PokediffError, describe_os_error, one_line
+from pokediff.team import settings as team_settings
 
 # subcommand -> (module under pokediff.stages, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,7 +33,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ref-stats": ("ref_stats", "Inception reference statistics of the training images (for FID)"),
     "score": ("score", "FID / KID / memorisation of generated samples"),
     "fid": ("fid", "FID and KID between any two image folders"),
-    "convert-checkpoint": ("convert_checkpoint", "convert an old pickled checkpoint or model file (--trust)"),
 }
 
 
@@ -73,12 +73,12 @@ def _resolve_params(args: argparse.Namespace) -> None:
     --params FILE must exist (load_params checks). --overlay FILE...: their keys go before the -S
     overrides (so -S wins; a later overlay wins over an earlier one)."""
     if hasattr(args, "params") and args.params is None:
-        from pokediff.config import DEFAULTS
+        from pokediff.config import DEFAULTS  # pydantic (0.2 s): loaded for a command, not for --help
 
         args.params = "params.yaml" if os.path.exists("params.yaml") else DEFAULTS
     overlays = getattr(args, "overlays", None)
     if overlays:
-        from pokediff.config import overlay_overrides
+        from pokediff.config import overlay_overrides  # as above
 
         args.overrides = [o for path in overlays for o in overlay_overrides(path)] + list(args.overrides)
 
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
     try:
+        team_settings.load()  # this machine's MLflow server and logins, if it has any (team.env)
         _resolve_params(args)
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

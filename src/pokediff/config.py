@@ -539,30 +539,3 @@ def write_overrides(path: str | Path, overrides: list[str]) -> Params:
     with path.open("w") as f:
         yaml_rt.dump(tree, f)
     return params
-
-
-def overlay_flags(path: str | Path) -> list[str]:
-    """An overlay file as command-line flags: ["-S", "model.base_channels=32", "-S", ...]."""
-    return [arg for override in overlay_overrides(path) for arg in ("-S", override)]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pokediff.config --flags FILE``: print an overlay file as shell-quoted -S flags
-    (what the Makefile passes to ``python -m pipelines.flows``)."""
-    import argparse
-    import shlex
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m pokediff.config")
-    parser.add_argument("--flags", metavar="FILE", required=True, help="overlay file -> -S flags")
-    args = parser.parse_args(argv)
-    try:
-        print(shlex.join(overlay_flags(args.flags)))
-    except ConfigError as exc:
-        print(f"pokediff.config: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -25,7 +25,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return resolved
 
 
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast_for(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
     """The mixed-precision context for a network call on ``device``.
 
     "bf16": bf16 autocast on any device (on CPU too, which is how the tests run the GPU path);

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
 
 OFFLINE_DEFAULTS = {
     "DO_NOT_TRACK": "1",
@@ -43,10 +46,6 @@ def tune_cpu_allocator() -> bool:
     faults for its activations again: measured 3x slower U-Net inference at batch 100 on 2 cores
     (43 -> 124 images/s) and high system time. Raising the mmap and trim thresholds (the same as
     MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_) stops that. No-op off glibc. Returns success."""
-    import ctypes
-    import ctypes.util
-    import sys
-
     if not sys.platform.startswith("linux"):
         return False
     try:

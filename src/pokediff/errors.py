@@ -11,6 +11,8 @@ quoted in a message is truncated (``shorten``), so a hostile input cannot produc
 
 from __future__ import annotations
 
+import errno as errno_names
+
 MAX_MESSAGE_CHARS = 2000
 
 
@@ -58,8 +60,6 @@ def describe_os_error(exc: BaseException) -> str | None:
 
     An OSError that names a file is always reported (missing file, permission, a folder where a file
     was expected); one without a file name only for errnos in ``_ENVIRONMENT_ERRNOS`` (a full disk)."""
-    import errno as errno_names
-
     err = os_error_in_chain(exc)
     if err is None:
         return None

@@ -40,7 +40,7 @@ def carry(tmp_path_factory) -> Path:
 
 
 def test_the_carried_dataset_unpacks_to_the_same_pixels(carry, tmp_path):
-    from pokediff.data import load_training_images
+    from pokediff.data.image_folder import load_training_images
 
     header = device_dataset.unpack_images(carry, tmp_path / "images")
     assert header["shape"] == [6, 3, 16, 16]

@@ -8,17 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pokediff.data.images import (
-    BadImageError,
-    decode_raster,
-    decode_svg,
-    encode_png,
-    pixel_stats,
-    spread_frame_indices,
-    svg_declared_size,
-    to_square_rgb,
-)
+from pokediff.data.decode import WHITE, to_square_rgb
+from pokediff.data.manifest import pixel_stats
+from pokediff.data.raster import BadImageError, decode_raster, spread_frame_indices
 from pokediff.data.sprites import ANIMATED_DIR, DREAMWORLD_DIR
+from pokediff.data.svg import decode_svg, svg_declared_size
+from pokediff.pixels import encode_png
 
 
 @pytest.mark.parametrize(
@@ -63,7 +58,7 @@ def test_real_dream_world_svg_renders(sprite_member) -> None:
     assert svg_declared_size(data) == (226.0, 218.0)
     frame = decode_svg(data, render_size=128, max_pixels=10**6)[0]
     assert max(frame.image.size) == 128
-    stats = pixel_stats(np.asarray(to_square_rgb(frame.image, 64)))
+    stats = pixel_stats(np.asarray(to_square_rgb(frame.image, 64)), WHITE)
     assert 0.2 < stats.background_fraction < 0.95 and stats.std > 20
 
 

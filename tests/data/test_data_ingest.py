@@ -16,10 +16,11 @@ import pytest
 from PIL import Image
 
 from pokediff.config import DataConfig
-from pokediff.data.images import decode_raster, pixel_sha256
 from pokediff.data.ingest import IngestError, ingest
 from pokediff.data.manifest import MANIFEST_COLUMNS, read_manifest
+from pokediff.data.raster import decode_raster
 from pokediff.data.sprites import ANIMATED_DIR, DREAMWORLD_DIR, TARBALL_NAME
+from pokediff.pixels import pixel_sha256
 
 SERIAL = DataConfig(num_workers=1)  # decode in this process (data.num_workers=0 would start one per CPU)
 

@@ -27,9 +27,9 @@ import pytest
 from PIL import Image
 
 from pokediff.config import DataConfig
-from pokediff.data import decoding, sources
-from pokediff.data.images import BadImageError, decode_raster
+from pokediff.data import ingest_workers, sources
 from pokediff.data.ingest import IngestError, ingest
+from pokediff.data.raster import BadImageError, decode_raster
 from pokediff.data.sources import SourceError
 from pokediff.errors import PokediffError
 from pokediff.locks import LockedError
@@ -440,7 +440,7 @@ def test_zip_inflating_past_the_total_limit_is_refused_whole(first_dataset, tmp_
 
 def test_batches_are_bounded_in_bytes() -> None:
     tasks = [(i, ".png", b"x" * (6 << 20)) for i in range(5)] + [(5, ".png", OSError("unreadable"))]
-    sizes = [len(batch) for batch in decoding._batches(iter(tasks))]
+    sizes = [len(batch) for batch in ingest_workers._batches(iter(tasks))]
     assert sizes == [2, 2, 2]  # 16 MiB per batch, not 16 files
 
 
@@ -528,9 +528,9 @@ def test_non_utf8_names_are_kept_as_escapes(tmp_path: Path) -> None:
 
 def test_data_errors_are_pokediff_errors_and_keep_their_old_base() -> None:
     """The CLI prints any PokediffError as one line; code catching the old bases keeps working."""
-    from pokediff.data.dataset import NoImagesError
-    from pokediff.data.decoding import WorkerCrashedError
     from pokediff.data.fetch import FetchError
+    from pokediff.data.image_folder import NoImagesError
+    from pokediff.data.ingest_workers import WorkerCrashedError
 
     for error, old_base in ((IngestError, RuntimeError), (SourceError, ValueError), (BadImageError, ValueError),
                             (FetchError, RuntimeError), (NoImagesError, FileNotFoundError),

@@ -1,5 +1,6 @@
-"""One reader (pokediff.data.sources) and one converter (pokediff.data.images) behind training, scoring,
-ingest, the sample PNGs and the run fingerprint: the same file gives the same pixels everywhere."""
+"""One loader (pokediff.data.image_folder) and one decoder (pokediff.data.decode) behind training,
+scoring and ingest, one pixel module (pokediff.pixels) behind the sample PNGs and the run fingerprint:
+the same file gives the same pixels everywhere."""
 
 from __future__ import annotations
 
@@ -10,14 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from pokediff.checkpoint import run_fingerprint
 from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
-from pokediff.data import load_training_images
 from pokediff.data import sources as sources_module
-from pokediff.data.images import content_hash, encode_png, from_uint8, pixel_sha256, to_uint8
+from pokediff.data.image_folder import list_images, load_image_folder, load_training_images
 from pokediff.data.sprites import ANIMATED_DIR, DREAMWORLD_DIR
-from pokediff.evaluation import list_images, load_image, load_image_folder
-from pokediff.imaging import save_png
-from pokediff.training.checkpoint import run_fingerprint
+from pokediff.pixels import content_hash, encode_png, from_uint8, pixel_sha256, save_png, to_uint8
 
 
 def _square_rgba(size: int, colour: tuple[int, int, int]) -> Image.Image:
@@ -40,7 +39,7 @@ def test_scoring_reads_what_training_reads(tmp_path, sprite_member) -> None:
         (tmp_path / hidden).parent.mkdir(exist_ok=True)
         _square_rgba(64, (0, 200, 0)).save(tmp_path / hidden)
 
-    images, paths = load_image_folder(tmp_path)
+    images, paths = load_image_folder(tmp_path, resolution=None, on_error="raise")
     assert paths == ["1.svg", "disc.png", "disc.webp", "gifs/25.gif"]
     training = load_training_images(tmp_path, resolution=64)
     assert training.shape == (4, 3, 64, 64)
@@ -62,7 +61,7 @@ def test_a_transparent_colour_key_is_composited_in_scoring_as_in_training(tmp_pa
     image.save(tmp_path / "keyed.png", transparency=key)
     with Image.open(tmp_path / "keyed.png") as check:
         assert check.mode == mode and "transparency" in check.info
-    scored = load_image(tmp_path / "keyed.png")
+    (scored,), _ = load_image_folder(tmp_path, resolution=None, on_error="raise")
     assert scored[:, 0, 0].tolist() == [255, 255, 255] and scored[:, 3, 3].tolist() == [90, 90, 90]
     assert torch.equal(scored, load_training_images(tmp_path, resolution=8)[0])
 
@@ -72,7 +71,7 @@ def test_scoring_refuses_oversized_images_in_one_line(tmp_path, bomb_png) -> Non
     DecompressionBombError used to escape as a traceback)."""
     (tmp_path / "bomb.png").write_bytes(bomb_png(20_000, 20_000))
     with pytest.raises(ValueError, match=r"bomb.png: cannot read image \(declared size exceeds the limit"):
-        load_image(tmp_path / "bomb.png")
+        load_image_folder(tmp_path, resolution=None, on_error="raise")
 
 
 def test_files_over_the_byte_cap_are_not_read(tmp_path, monkeypatch) -> None:
@@ -81,7 +80,7 @@ def test_files_over_the_byte_cap_are_not_read(tmp_path, monkeypatch) -> None:
     Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "small.png")
     monkeypatch.setattr(sources_module, "MAX_FILE_BYTES", 4096)
     with pytest.raises(ValueError, match=r"big.png: cannot read image \(.*more than 4,096 bytes"):
-        load_image(tmp_path / "big.png")
+        load_image_folder(tmp_path, resolution=None, on_error="raise")
     with pytest.warns(UserWarning, match=r"skipped 1 unreadable[\s\S]*big.png"):
         assert load_training_images(tmp_path).shape == (1, 3, 64, 64)
 
@@ -96,9 +95,9 @@ def test_dataset_files_behind_links_are_read(tmp_path) -> None:
     (tmp_path / "ds" / "images" / "000000.png").symlink_to(cache / "abc")
     _square_rgba(16, (40, 50, 60)).save(tmp_path / "ds" / "images" / "000001.png")
     (tmp_path / "ds" / "manifest.csv").write_text("path\nimages/000001.png\nimages/000000.png\n")
-    assert [p.name for p in list_images(tmp_path / "ds")] == ["000001.png", "000000.png"]
+    assert [p.name for p in list_images(tmp_path / "ds")[0]] == ["000001.png", "000000.png"]
     training = load_training_images(tmp_path / "ds")
-    scored, _ = load_image_folder(tmp_path / "ds")
+    scored, _ = load_image_folder(tmp_path / "ds", resolution=None, on_error="raise")
     assert torch.equal(torch.stack(scored), training)
     assert training[1, :, 8, 8].tolist() == [10, 20, 30]
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from pokediff.config import ValidateConfig
-from pokediff.data.images import pixel_stats
-from pokediff.data.manifest import ManifestRow, read_manifest, write_manifest
+from pokediff.data.decode import WHITE
+from pokediff.data.manifest import ManifestRow, pixel_stats, read_manifest, write_manifest
 from pokediff.data.validation import validate_dataset
 
 SMALL = ValidateConfig(min_images=10, min_per_variant=1)
@@ -31,7 +31,7 @@ def row_for(dataset: Path, relative: str, template: ManifestRow) -> ManifestRow:
     """A manifest row that tells the truth about the file (as ingest would have written it)."""
     with Image.open(dataset / relative) as image:
         size, mode, pixels = image.size, image.mode, np.asarray(image.convert("RGB"))
-    stats = pixel_stats(pixels)
+    stats = pixel_stats(pixels, WHITE)
     return ManifestRow(**{
         **asdict(template), "path": relative, "width": size[0], "height": size[1], "mode": mode,
         "mean": stats.mean, "std": stats.std, "background_fraction": stats.background_fraction,

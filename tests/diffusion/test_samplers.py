@@ -18,7 +18,7 @@ from pokediff.diffusion import (
     NoiseSchedule,
     make_sampler,
     make_timesteps,
-    sample,
+    reverse_process,
 )
 
 MU, S = 0.3, 0.5
@@ -48,7 +48,7 @@ CASES = [  # sampler, steps, eta
 def test_oracle_samples_have_the_data_mean_and_std(gaussian_oracle, schedule, sampler, steps, eta):
     sched = NoiseSchedule(schedule, 1000)
     g = torch.Generator().manual_seed(1)
-    x = sample(gaussian_oracle(sched, MU, S), sched, SHAPE, sampler, steps, eta=eta, generator=g,
+    x = reverse_process(gaussian_oracle(sched, MU, S), sched, SHAPE, sampler, steps, eta=eta, generator=g,
                clip_x0=False, noise=_noise(1, torch.float32))
     assert float(x.mean()) == pytest.approx(MU, rel=0.03), "mean off"
     assert float(x.std()) == pytest.approx(S, rel=0.03), "std off"
@@ -63,7 +63,7 @@ def test_deterministic_error_shrinks_with_steps(gaussian_oracle, schedule, sampl
     exact = _ode_solution(sched, noise)
     errors = []
     for steps in (20, 40, 80, 160):
-        x = sample(gaussian_oracle(sched, MU, S), sched, SHAPE, sampler, steps, clip_x0=False,
+        x = reverse_process(gaussian_oracle(sched, MU, S), sched, SHAPE, sampler, steps, clip_x0=False,
                    spacing="logsnr", noise=noise.clone())
         errors.append(float((x.double() - exact).abs().max()))
     for coarse, fine in zip(errors, errors[1:]):
@@ -78,7 +78,7 @@ def test_samplers_accept_every_parameterisation(gaussian_oracle, prediction, sam
     shape = (64, 1, 2, 2)
     runs = {}
     for pred in ("eps", prediction):
-        x = sample(gaussian_oracle(sched, MU, S, pred), sched, shape, sampler, 25, eta=0.0,
+        x = reverse_process(gaussian_oracle(sched, MU, S, pred), sched, shape, sampler, 25, eta=0.0,
                    prediction=pred, clip_x0=False, generator=torch.Generator().manual_seed(3),
                    noise=torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
         runs[pred] = x
@@ -89,10 +89,13 @@ def test_ddim_eta0_is_deterministic_given_the_starting_noise(gaussian_oracle):
     sched = NoiseSchedule("linear", 1000)
     model = gaussian_oracle(sched, MU, S)
     noise = torch.randn((16, 3, 4, 4), generator=torch.Generator().manual_seed(5))
-    a = sample(model, sched, noise.shape, "ddim", 30, eta=0.0, noise=noise, generator=torch.Generator().manual_seed(6))
-    b = sample(model, sched, noise.shape, "ddim", 30, eta=0.0, noise=noise, generator=torch.Generator().manual_seed(7))
+    def g(seed):
+        return torch.Generator().manual_seed(seed)
+
+    a = reverse_process(model, sched, noise.shape, "ddim", 30, eta=0.0, noise=noise, generator=g(6))
+    b = reverse_process(model, sched, noise.shape, "ddim", 30, eta=0.0, noise=noise, generator=g(7))
     assert torch.equal(a, b)
-    c = sample(model, sched, noise.shape, "ddim", 30, eta=1.0, noise=noise, generator=torch.Generator().manual_seed(7))
+    c = reverse_process(model, sched, noise.shape, "ddim", 30, eta=1.0, noise=noise, generator=g(7))
     assert not torch.allclose(a, c), "eta=1 must inject fresh noise"
 
 
@@ -101,16 +104,20 @@ def test_seeded_generators_make_sampling_reproducible(gaussian_oracle, sampler):
     sched = NoiseSchedule("cosine", 100)
     model = gaussian_oracle(sched, MU, S)
     eta = 0.5 if sampler == "ddim" else 0.0  # the others refuse eta
-    runs = [sample(model, sched, (4, 3, 8, 8), sampler, 10, eta=eta, generator=torch.Generator().manual_seed(8))
-            for _ in range(2)]
+
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        return reverse_process(model, sched, (4, 3, 8, 8), sampler, 10, eta=eta, generator=g)
+
+    runs = [run(8) for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
-    other = sample(model, sched, (4, 3, 8, 8), sampler, 10, eta=eta, generator=torch.Generator().manual_seed(9))
+    other = run(9)
     assert not torch.equal(runs[0], other)
 
 
 def test_clipping_keeps_samples_in_data_range(gaussian_oracle):
     sched = NoiseSchedule("linear", 1000)
-    x = sample(gaussian_oracle(sched, 0.0, 2.0), sched, (256, 1, 4, 4), "ddim", 20, clip_x0=True,
+    x = reverse_process(gaussian_oracle(sched, 0.0, 2.0), sched, (256, 1, 4, 4), "ddim", 20, clip_x0=True,
                generator=torch.Generator().manual_seed(0))
     assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
 
@@ -156,7 +163,7 @@ def _tanh_model(prediction_scale=0.7):
 
 
 def _run(sampler, model, noise, seed):
-    """The sampling loop in noise's dtype (sample() works in float32)."""
+    """The sampling loop in noise's dtype (reverse_process() works in float32)."""
     g, x = torch.Generator().manual_seed(seed), noise.clone()
     t_batch = torch.empty(x.shape[0], dtype=torch.long)
     for t in sampler.timesteps:
@@ -246,7 +253,7 @@ def test_sigmoid_schedule_through_every_sampler(gaussian_oracle, sampler, steps,
     sched = NoiseSchedule("sigmoid", 1000)
     noise = _noise(15)
     # log-SNR spacing: the sigmoid schedule's clipped last beta makes uniform steps in t uneven in lambda
-    x = sample(gaussian_oracle(sched, MU, S), sched, noise.shape, sampler, steps, eta=eta, clip_x0=False,
+    x = reverse_process(gaussian_oracle(sched, MU, S), sched, noise.shape, sampler, steps, eta=eta, clip_x0=False,
                spacing="logsnr", generator=torch.Generator().manual_seed(15), noise=noise)
     assert float(x.mean()) == pytest.approx(MU, rel=0.03), "mean off"
     assert float(x.std()) == pytest.approx(S, rel=0.03), "std off"

@@ -102,28 +102,28 @@ def fresh_images() -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def extractor():
-    from pokediff.evaluation import get_extractor
+    from pokediff.evaluation.inception import get_extractor
 
     return get_extractor("tf1", "cpu")
 
 
 @pytest.fixture(scope="session")
 def train_features(extractor, train_images) -> np.ndarray:
-    from pokediff.evaluation import extract_features
+    from pokediff.evaluation.inception import extract_features
 
     return extract_features(train_images, batch_size=16, extractor=extractor)
 
 
 @pytest.fixture(scope="session")
 def other_features(extractor, other_images) -> np.ndarray:
-    from pokediff.evaluation import extract_features
+    from pokediff.evaluation.inception import extract_features
 
     return extract_features(other_images, batch_size=16, extractor=extractor)
 
 
 @pytest.fixture(scope="session")
 def fresh_features(extractor, fresh_images) -> np.ndarray:
-    from pokediff.evaluation import extract_features
+    from pokediff.evaluation.inception import extract_features
 
     return extract_features(fresh_images, batch_size=16, extractor=extractor)
 
@@ -137,6 +137,6 @@ def standard_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def fid_train_other(train_features, other_features) -> float:
     """Our FID between the training set and the abstract set (two 2048x2048 eigh: computed once)."""
-    from pokediff.evaluation import fid_from_features
+    from pokediff.evaluation.frechet import fid_from_features
 
     return fid_from_features(train_features, other_features)

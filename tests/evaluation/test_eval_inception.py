@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from pokediff.evaluation import extract_features, to_uint8
 from pokediff.evaluation.inception import (
     TORCHSCRIPT_SHA1,
     InceptionFeatureExtractor,
+    extract_features,
     iter_batches,
     resolve_device,
     torchscript_path,
 )
+from pokediff.pixels import to_uint8
 
 
 def test_weights_come_from_the_installed_package() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from pokediff.evaluation import extract_features
+from pokediff.evaluation.inception import extract_features
 from pokediff.evaluation.memorisation import memorisation_metrics, nearest_neighbours, train_nn_distances
 
 

@@ -9,19 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from pokediff.evaluation import (
-    FIDEvaluator,
-    compute_reference_stats,
-    content_hash,
-    list_images,
-    load_image,
-    load_image_folder,
-    load_reference_stats,
-)
+from pokediff.data.image_folder import list_images, load_image_folder, read_image, subset_indices
 from pokediff.evaluation import reference as reference_module
+from pokediff.evaluation.evaluator import FIDEvaluator
 from pokediff.evaluation.frechet import gaussian_stats
-from pokediff.evaluation.images import subset_indices
 from pokediff.evaluation.memorisation import train_nn_distances
+from pokediff.evaluation.reference import compute_reference_stats, load_reference_stats
+from pokediff.pixels import content_hash
+
+
+def load_for_scoring(folder, **subset):
+    """A folder as scoring reads it: each image at its own size, any unreadable file an error."""
+    return load_image_folder(folder, resolution=None, on_error="raise", **subset)
 
 
 def save_folder(images: torch.Tensor, folder, names=None) -> list[str]:
@@ -39,7 +38,7 @@ def save_folder(images: torch.Tensor, folder, names=None) -> list[str]:
 def test_folder_round_trip_is_lossless_and_sorted(tmp_path, train_images) -> None:
     save_folder(train_images[:3], tmp_path, ["b/1.png", "a.png", "c.PNG"])
     (tmp_path / "notes.txt").write_text("not an image")
-    images, paths = load_image_folder(tmp_path)
+    images, paths = load_for_scoring(tmp_path)
     assert paths == ["a.png", "b/1.png", "c.PNG"]
     assert torch.equal(torch.stack(images), train_images[[1, 0, 2]])
 
@@ -51,7 +50,7 @@ def test_manifest_decides_files_and_order(tmp_path, train_images) -> None:
         w = csv.writer(fh)
         w.writerow(["path", "variant"])
         w.writerows([["images/0002.png", "shiny"], ["images/0000.png", "normal"]])
-    assert [p.name for p in list_images(tmp_path)] == ["0002.png", "0000.png"]
+    assert [p.name for p in list_images(tmp_path)[0]] == ["0002.png", "0000.png"]
 
 
 def test_manifest_errors_name_the_file(tmp_path) -> None:
@@ -59,13 +58,13 @@ def test_manifest_errors_name_the_file(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"manifest.csv: missing column\(s\) \['path'\]"):
         list_images(tmp_path)
     (tmp_path / "manifest.csv").write_text("path\nmissing.png\n")
-    with pytest.raises(FileNotFoundError, match="missing.png"):
-        list_images(tmp_path)
+    with pytest.raises(FileNotFoundError, match="1 listed files are missing, e.g. .*missing.png"):
+        load_for_scoring(tmp_path)
 
 
 def test_empty_or_missing_folder(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no images"):
-        list_images(tmp_path)
+        load_for_scoring(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a directory"):
         list_images(tmp_path / "nope")
 
@@ -74,12 +73,12 @@ def test_transparency_is_composited_on_white_and_bad_files_named(tmp_path) -> No
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     rgba[0, 0] = (10, 20, 30, 255)  # one opaque pixel, the rest fully transparent black
     Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
-    img = load_image(tmp_path / "t.png")
-    assert img.shape == (3, 4, 4) and img.dtype == torch.uint8
-    assert img[:, 0, 0].tolist() == [10, 20, 30] and img[:, 1, 1].tolist() == [255, 255, 255]
+    img = read_image(tmp_path / "t.png")
+    assert img.shape == (4, 4, 3) and img.dtype == np.uint8
+    assert img[0, 0].tolist() == [10, 20, 30] and img[1, 1].tolist() == [255, 255, 255]
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="bad.png: cannot read image"):
-        load_image(tmp_path / "bad.png")
+        load_for_scoring(tmp_path)
 
 
 def test_subset_is_deterministic() -> None:
@@ -96,8 +95,8 @@ def test_subset_is_deterministic() -> None:
 def test_content_hash_follows_pixels_not_names(tmp_path, train_images) -> None:
     save_folder(train_images[:2], tmp_path / "x", ["p.png", "q.png"])
     save_folder(train_images[:2], tmp_path / "y", ["1.png", "2.png"])
-    hx = content_hash(load_image_folder(tmp_path / "x")[0])
-    assert hx == content_hash(load_image_folder(tmp_path / "y")[0]) == content_hash(train_images[:2])
+    hx = content_hash(load_for_scoring(tmp_path / "x")[0])
+    assert hx == content_hash(load_for_scoring(tmp_path / "y")[0]) == content_hash(train_images[:2])
     changed = train_images[:2].clone()
     changed[1, 0, 0, 0] ^= 1
     assert content_hash(changed) != hx

@@ -26,7 +26,9 @@ from evaluation.standard_path import (  # tests/evaluation/standard_path.py
     torch_fidelity_weights_filename,
 )
 
-from pokediff.evaluation import extract_features, fid_from_features, get_extractor, kernel_inception_distance
+from pokediff.evaluation.frechet import fid_from_features
+from pokediff.evaluation.inception import extract_features, get_extractor
+from pokediff.evaluation.kid import kernel_inception_distance
 
 N_STD = 16  # images per set through torchmetrics' own extractor (Inception on CPU is the cost)
 

@@ -45,11 +45,38 @@ def test_the_issue_s_missing_deps_are_declared():
     deps = stage_deps.dvc_yaml_source_deps()
     files = {stage: stage_deps.expand(d) for stage, d in deps.items()}
     src = REPO / "src" / "pokediff"
-    assert src / "data" / "decoding.py" in files["ingest"]
-    for path in ("config.py", "sampling.py", "evaluation/frechet.py"):
+    assert src / "data" / "ingest_workers.py" in files["ingest"]
+    for path in ("config.py", "generation.py", "evaluation/frechet.py"):
         assert src / path in files["train"], path
-    for path in ("models/unet.py", "imaging.py"):
+    for path in ("models/unet.py", "pixels.py"):
         assert src / path in files["sample"], path
+
+
+def test_score_depends_on_evaluation_and_data_code_only():
+    """FID over a folder of PNGs: no model, sampler, training, generation or served-model file, so a
+    change there never makes a GPU regenerate the samples' score."""
+    score = {p.relative_to(REPO / "src" / "pokediff").as_posix()
+             for p in stage_deps.expand(stage_deps.dvc_yaml_source_deps()["score"])}
+    forbidden = [p for p in score if p.split("/")[0] in ("models", "diffusion", "training")
+                 or p in ("generation.py", "sample_requests.py", "checkpoint.py",
+                          "tracking/run.py", "tracking/served_model.py", "tracking/pyfunc_model.py")]
+    assert not forbidden, forbidden
+    assert {"evaluation/evaluator.py", "tracking/evaluations.py", "stages/score.py"} <= score
+
+
+def test_write_regenerates_the_deps_and_keeps_everything_else(tmp_path):
+    """`python -m pipelines.stage_deps --write` on a dvc.yaml whose src/ deps are stale: the deps become
+    the generated ones, every other line (comments, data deps, params, outs) stays byte for byte."""
+    original = (REPO / "dvc.yaml").read_text()
+    stale = original.replace("      - src/pokediff/stages/score.py\n", "      - src/pokediff/models\n", 1)
+    stale = stale.replace("      - src/pokediff/stages/ingest.py\n", "", 1)
+    assert stale.count("\n") == original.count("\n") - 1
+    path = tmp_path / "dvc.yaml"
+    path.write_text(stale)
+    assert sorted(stage_deps.write(path)) == ["ingest", "score"]
+    assert path.read_text() == original
+    assert stage_deps.differences(path) == {}
+    assert stage_deps.write(path) == []
 
 
 def test_a_stage_import_loads_nothing_outside_its_deps():
@@ -154,6 +181,18 @@ def _touch_byte(rel: str):
     return edit
 
 
+def _replace(rel: str, old: str, new: str):
+    """A real code change: ``old`` (which must be in the file) becomes ``new``."""
+    def edit(repo: Path):
+        path = repo / rel
+        original = path.read_text()
+        assert old in original, (rel, old)
+        path.write_text(original.replace(old, new))
+        return lambda: path.write_text(original)
+
+    return edit
+
+
 def _set_param(key: str, value):
     def edit(repo: Path):
         path = repo / "params.yaml"
@@ -193,11 +232,18 @@ def test_dvc_graph_matches_the_downstream_table(committed_repo):
     ("edit", "direct"),
     [
         # files the issue found missing, and one per stage
-        (_touch_byte("src/pokediff/data/decoding.py"), {"ingest", "validate", "ref_stats", "train", "sample", "score"}),
+        (_touch_byte("src/pokediff/data/ingest_workers.py"), {"ingest"}),
         (_touch_byte("src/pokediff/stages/validate.py"), {"validate"}),
         (_touch_byte("src/pokediff/evaluation/reference.py"), {"ref_stats", "train", "score"}),
-        (_touch_byte("src/pokediff/sampling.py"), {"train", "sample", "score"}),  # score: tracking -> serving
-        (_touch_byte("src/pokediff/models/unet.py"), {"train", "sample", "score"}),
+        (_touch_byte("src/pokediff/generation.py"), {"train", "sample"}),
+        (_touch_byte("src/pokediff/models/unet.py"), {"train", "sample"}),
+        (_touch_byte("src/pokediff/checkpoint.py"), {"train", "sample"}),
+        # the served model's request limits and the training run's MLflow description: only train logs them
+        (_replace("src/pokediff/sample_requests.py", "MAX_IMAGES_PER_CALL = 64", "MAX_IMAGES_PER_CALL = 32"),
+         {"train"}),
+        (_replace("src/pokediff/tracking/run.py", "**pokediff training**", "**pokediff training run**"),
+         {"train"}),
+        (_touch_byte("src/pokediff/tracking/evaluations.py"), {"score"}),
         (_touch_byte("src/pokediff/evaluation/report.py"), {"score"}),
         (_touch_byte("src/pokediff/stages/sample.py"), {"sample"}),
         (_touch_byte("src/pokediff/config.py"), set(DOWNSTREAM)),
@@ -208,9 +254,10 @@ def test_dvc_graph_matches_the_downstream_table(committed_repo):
         (_set_param("data.resolution", 32), {"ingest", "validate"}),
         (_set_param("train.eval_every", 7), {"train"}),
     ],
-    ids=["decoding.py", "stages/validate.py", "evaluation/reference.py", "sampling.py", "models/unet.py",
-         "evaluation/report.py", "stages/sample.py", "config.py", "score.kid_subsets", "sample.spacing",
-         "sample.steps", "data.resolution", "train.eval_every"],
+    ids=["ingest_workers.py", "stages/validate.py", "evaluation/reference.py", "generation.py", "models/unet.py",
+         "checkpoint.py", "request-limit", "run-description", "tracking/evaluations.py", "evaluation/report.py",
+         "stages/sample.py", "config.py", "score.kid_subsets", "sample.spacing", "sample.steps", "data.resolution",
+         "train.eval_every"],
 )
 def test_one_change_marks_exactly_its_stages_and_their_descendants(committed_repo, edit, direct):
     marked = _marked_after(committed_repo, edit)

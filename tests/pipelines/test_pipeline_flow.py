@@ -212,10 +212,10 @@ def test_mlflow_run_params_metrics_tags_and_registry(pipeline_run):
     # The registered model's safetensors weights load and predict (no pickle anywhere).
     import torch
 
-    from pokediff.tracking import load_registered_model
+    from pokediff.stages.sample import load_for_sampling
 
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
-    model, *_ = load_registered_model("models:/pokemon-ddpm@champion")
+    model, *_ = load_for_sampling(None, "models:/pokemon-ddpm@champion", device="cpu")
     assert model(torch.zeros(1, 3, 16, 16), torch.tensor([5])).shape == (1, 3, 16, 16)
 
 

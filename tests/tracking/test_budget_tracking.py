@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from helpers import tiny_model_config
+from pokediff.checkpoint import save_model_file
 from pokediff.config import DiffusionConfig, Params
-from pokediff.training.checkpoint import save_model_file
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def project(tmp_path, monkeypatch):
 
 def _finish(project, summary: dict, max_seconds: float):
     from pokediff.models import UNet
-    from pokediff.tracking import TrainingRun
+    from pokediff.tracking.run import TrainingRun
 
     torch.manual_seed(0)
     net = UNet(tiny_model_config())

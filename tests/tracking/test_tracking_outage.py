@@ -112,7 +112,7 @@ def test_unreachable_server_at_start_fails_in_seconds(tmp_path):
 
 
 def test_the_start_probe_itself_takes_seconds(tmp_path, monkeypatch):
-    from pokediff.tracking import TrackingError, configure
+    from pokediff.tracking.store import TrackingError, configure
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
@@ -162,10 +162,10 @@ def test_server_back_before_the_end_gets_the_buffered_metrics(tmp_path, monkeypa
     from mlflow import MlflowClient
 
     from helpers import tiny_model_config
+    from pokediff.checkpoint import save_model_file
     from pokediff.config import DiffusionConfig, Params
     from pokediff.models import UNet
-    from pokediff.tracking import TrainingRun
-    from pokediff.training.checkpoint import save_model_file
+    from pokediff.tracking.run import TrainingRun
 
     monkeypatch.chdir(_project(tmp_path))
     port = _free_port()

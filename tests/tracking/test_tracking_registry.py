@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from helpers import tiny_model_config
+from pokediff.checkpoint import load_file, load_model, save_model_file
 from pokediff.config import DiffusionConfig, Params
-from pokediff.training.checkpoint import load_file, save_model_file
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def _model_file(path, seed):
 
 
 def _training_run(out_dir, seed):
-    from pokediff.tracking import TrainingRun
+    from pokediff.tracking.run import TrainingRun
 
     with TrainingRun(Params(), out_dir) as run:
         run.log_metrics(1, {"loss": 0.5, "note": "ignored", "nan": float("nan"), "odd key (é)": 1.0})
@@ -44,7 +44,8 @@ KEY = "n300 ref:0123456789ab inception-2015-12-05/pool3/tf1"
 def test_champion_follows_the_best_fid(project):
     from mlflow import MlflowClient
 
-    from pokediff.tracking import EvaluationLogger, champion_version, load_registered_model
+    from pokediff.tracking.evaluations import EvaluationLogger, champion_version
+    from pokediff.tracking.registry import download_model_file
 
     run_a, v_a = _training_run(project / "a", seed=0)
     run_b, v_b = _training_run(project / "b", seed=1)
@@ -73,7 +74,10 @@ def test_champion_follows_the_best_fid(project):
                                         "eval_kid_mean"} | {m for m in parent.data.metrics if m.startswith("system/")}
 
     # The champion's weights come back as the exact model file that was registered.
-    model, _, _, step = load_registered_model("models:/pokemon-ddpm@champion")
+    (project / "download").mkdir()
+    path = download_model_file("models:/pokemon-ddpm@champion", project / "download")
+    assert path.read_bytes() == (project / "b" / "model.safetensors").read_bytes()
+    model, _, _, step = load_model(path)
     want = load_file(project / "b" / "model.safetensors")["ema"]
     assert step == 3 and all(torch.equal(model.state_dict()[k], want[k]) for k in want)
 
@@ -82,7 +86,7 @@ def test_versions_scored_under_different_keys_never_compete(project):
     """FID falls with more samples: a version scored on 100 samples must not beat one scored on 300."""
     from mlflow import MlflowClient
 
-    from pokediff.tracking import EvaluationLogger, champion_version, evaluation_key
+    from pokediff.tracking.evaluations import EvaluationLogger, champion_version, evaluation_key
 
     key300 = evaluation_key(300, "ab" * 32, "inception-2015-12-05/pool3/tf1")
     key100 = evaluation_key(100, "ab" * 32, "inception-2015-12-05/pool3/tf1")
@@ -115,7 +119,7 @@ def test_headline_metrics_description_and_duration(project):
 
     from mlflow import MlflowClient
 
-    from pokediff.tracking import EvaluationLogger
+    from pokediff.tracking.evaluations import EvaluationLogger
 
     run_a, _ = _training_run(project / "a", seed=0)
     client = MlflowClient()
@@ -141,7 +145,7 @@ def test_headline_metrics_description_and_duration(project):
 
 
 def test_missing_run_info_is_a_clear_error(project):
-    from pokediff.tracking import EvaluationLogger
+    from pokediff.tracking.evaluations import EvaluationLogger
 
     with pytest.raises(FileNotFoundError, match="mlflow_run.json: no MLflow run recorded"):
         EvaluationLogger(project / "nowhere")
@@ -152,7 +156,7 @@ def test_dataset_input_summaries_links_and_description(project, monkeypatch):
     metric charts; the run links to the Prefect flow run and the DVC experiment."""
     from mlflow import MlflowClient
 
-    from pokediff.tracking import TrainingRun
+    from pokediff.tracking.run import TrainingRun
 
     dataset = project / "outputs" / "dataset"
     (dataset / "images").mkdir(parents=True)

@@ -16,7 +16,7 @@ def no_uri(monkeypatch):
 def _log_run_with_artifact(name: str) -> str:
     import mlflow
 
-    from pokediff.tracking import configure
+    from pokediff.tracking.store import configure
 
     experiment_id = configure()
     with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
@@ -41,7 +41,7 @@ def test_store_is_found_from_a_sub_folder(tmp_path, monkeypatch, no_uri):
 
 def test_outside_a_project_is_one_line_and_writes_nothing(tmp_path, monkeypatch, no_uri):
     from pokediff.errors import PokediffError
-    from pokediff.tracking import configure
+    from pokediff.tracking.store import configure
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PokediffError) as err:

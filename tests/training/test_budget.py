@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 
 from helpers import TINY_CLI_OVERRIDES, tiny_model_config
+from pokediff.checkpoint import load_file
 from pokediff.config import DiffusionConfig, TrainConfig
 from pokediff.training import budget as budget_module
-from pokediff.training import load_file, train
+from pokediff.training.loop import train
 
 
 def _images(n=4, res=16):

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pokediff.training.checkpoint import load_file
+from pokediff.checkpoint import load_file
 
 RTOL, ATOL = 1e-4, 1e-5  # float summation order differs (gradient all-reduce); everything else is identical
 STEPS = 6
@@ -128,8 +128,9 @@ def test_wrong_sharding_would_be_caught(runs, image_dir, tmp_path, monkeypatch):
     """The tolerance is tight enough to see a sharding bug: if every rank trained on the first half of the
     global batch, the run would equal single-process training on those halves, emulated here."""
     from pokediff.config import load_params
-    from pokediff.data import load_training_images
-    from pokediff.training import distributed, train
+    from pokediff.data.image_folder import load_training_images
+    from pokediff.training import distributed
+    from pokediff.training.loop import train
 
     ddp_dir, _ = runs["ddp"]
     params = load_params("none", TINY)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from pokediff.checkpoint import run_fingerprint
 from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
-from pokediff.training import run_fingerprint
 
 # 2 images (3, 8, 8): fixed bytes, no RNG.
 IMAGES = torch.arange(2 * 3 * 8 * 8).remainder(251).to(torch.uint8).reshape(2, 3, 8, 8)

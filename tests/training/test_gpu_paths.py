@@ -30,8 +30,9 @@ from helpers import (
     tiny_model_config,
     unet_forward_calls,
 )
+from pokediff.checkpoint import load_file, load_model
 from pokediff.config import DiffusionConfig, TrainConfig
-from pokediff.training import load_file, load_model, train
+from pokediff.training.loop import train
 
 STEPS = 6
 

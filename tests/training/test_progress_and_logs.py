@@ -1,5 +1,5 @@
-"""What a user sees in a log file: progress lines without a terminal, no duplicate eval rows after a
-resume, and `-S sample.steps` honoured by ddpm."""
+"""What a user sees in a log file: progress lines (the one progress system, terminal or not), no
+duplicate eval rows after a resume, and `-S sample.steps` honoured by ddpm."""
 
 from __future__ import annotations
 
@@ -22,16 +22,16 @@ def _images(n: int = 8) -> torch.Tensor:
 
 
 def _train(tmp_path, capsys, **kwargs):
-    from pokediff.training import train
+    from pokediff.training.loop import train
 
     cfg = TrainConfig(steps=12, batch_size=4, warmup_steps=2, log_every=3, checkpoint_every=6)
     train(_images(), tiny_model_config(), DiffusionConfig(timesteps=50), cfg, tmp_path / "run", device="cpu",
-          progress=False, **kwargs)
+          **kwargs)
     return [line for line in capsys.readouterr().out.splitlines() if line.startswith("train:")]
 
 
 def test_progress_lines_without_a_terminal(tmp_path, capsys):
-    """--no-progress (the DVC stage) used to print nothing for the whole run."""
+    """The DVC stage's log shows the run's progress (stdout is not a terminal there)."""
     lines = _train(tmp_path, capsys, progress_seconds=0)
     assert [LINE.match(line).group(1) for line in lines] == ["3", "6", "9", "12"], lines
     assert all(LINE.match(line).group(2) == "12" for line in lines)
@@ -41,6 +41,10 @@ def test_progress_lines_without_a_terminal(tmp_path, capsys):
 def test_progress_lines_are_throttled(tmp_path, capsys):
     lines = _train(tmp_path, capsys, progress_seconds=3600)
     assert [LINE.match(line).group(1) for line in lines] == ["3", "12"]  # the first and the last
+
+
+def test_no_progress_prints_nothing(tmp_path, capsys):
+    assert _train(tmp_path, capsys, progress=False, progress_seconds=0) == []
 
 
 def test_eval_log_drops_rows_after_the_resumed_step(tmp_path):
@@ -72,8 +76,8 @@ def test_in_training_evaluator_is_off_without_eval_every_or_reference_stats(tmp_
 
 
 def test_set_sample_steps_is_honoured_for_ddpm(tmp_path):
+    from pokediff.checkpoint import save_model_file
     from pokediff.models import UNet
-    from pokediff.training.checkpoint import save_model_file
 
     net = UNet(tiny_model_config())
     save_model_file(tmp_path / "model.safetensors", net.state_dict(), net.state_dict(), tiny_model_config(),

@@ -1,12 +1,14 @@
-"""Checkpoints and model files cannot run code when loaded; old pickles are refused and convert on --trust."""
+"""Checkpoints and model files cannot run code when loaded; any other pickle is refused unread."""
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +16,9 @@ import torch
 from PIL import Image
 
 from helpers import TINY_CLI_OVERRIDES, PicklePayload, tiny_model_config
+from pokediff.checkpoint import UnsafeCheckpointError, load_file, load_model
 from pokediff.config import DiffusionConfig, TrainConfig
-from pokediff.training import UnsafeCheckpointError, load_file, load_model, train
-from pokediff.training.checkpoint import convert_legacy
+from pokediff.training.loop import train
 
 TINY = TINY_CLI_OVERRIDES
 
@@ -87,7 +89,7 @@ def test_files_hold_only_tensors_and_plain_data(tmp_path):
 def test_hostile_pickles_are_refused_without_running(evil):
     marker, files = evil
     for path in files.values():
-        with pytest.raises(UnsafeCheckpointError, match=r"refused; .*pokediff convert-checkpoint --trust"):
+        with pytest.raises(UnsafeCheckpointError, match=r"could run code.*refused"):
             load_model(path)
         with pytest.raises(UnsafeCheckpointError):
             load_file(path)
@@ -98,7 +100,7 @@ def test_cli_sample_and_resume_refuse_hostile_files(evil, tmp_path):
     marker, files = evil
     for path in files.values():
         r = _pokediff("sample", "--checkpoint", str(path), "--num-images", "1", *TINY, cwd=tmp_path)
-        _one_line_error(r, f"pokediff sample: {path}", "convert-checkpoint --trust")
+        _one_line_error(r, f"pokediff sample: {path}", "refused")
 
     # A hostile checkpoint left in an out-dir, picked up by --resume.
     data = tmp_path / "imgs"
@@ -109,59 +111,15 @@ def test_cli_sample_and_resume_refuse_hostile_files(evil, tmp_path):
     (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(files["zip"].read_bytes())
     r = _pokediff("train", "--data", "imgs", "--out-dir", "run", "--steps", "2", "--batch-size", "2", "--resume",
                   "--no-track", "--no-progress", *TINY, cwd=tmp_path)
-    _one_line_error(r, "last.pt: holds pickled Python objects", "convert-checkpoint --trust")
-
-    # Conversion is an explicit opt-in: without --trust nothing is unpickled.
-    r = _pokediff("convert-checkpoint", str(files["zip"]), "new.safetensors", cwd=tmp_path)
-    assert r.returncode == 2 and "add --trust" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert not marker.exists() and not (tmp_path / "new.safetensors").exists()
-
-
-def _as_v1(v2: dict) -> dict:
-    """What the first pokediff wrote: the same payload with format v1 and torch's TorchVersion object
-    (which weights_only=True refuses)."""
-    return {**v2, "format": "pokediff-checkpoint-v1", "torch_version": torch.__version__}
-
-
-def test_convert_trusted_v1_files_then_resume_exactly(tmp_path):
-    model_cfg, diff_cfg = tiny_model_config(dropout=0.1), DiffusionConfig(schedule="cosine", prediction="v")
-    full = train(_images(), model_cfg, diff_cfg, _cfg(), tmp_path / "full", progress=False)
-    part = train(_images(), model_cfg, diff_cfg, _cfg(), tmp_path / "killed", progress=False, stop_after=6)
-
-    # An old v1 training checkpoint (pickled) in the out-dir: refused, converted, resumed bit-exactly.
-    last = part.checkpoint
-    old = tmp_path / "old_last.pt"
-    torch.save(_as_v1(load_file(last)), old)
-    last.unlink()
-    with pytest.raises(UnsafeCheckpointError, match="convert-checkpoint --trust"):
-        load_file(old)
-    done = convert_legacy(old, last, trust=True)
-    assert done["format"] == "pokediff-checkpoint-v2" and done["step"] == 4
-    resumed = train(_images(), model_cfg, diff_cfg, _cfg(), tmp_path / "killed", progress=False, resume=True)
-    assert resumed.resumed_from == 4 and resumed.losses == full.losses[4:]
-
-    # An old v1 model file -> model.safetensors through the CLI, with the same weights.
-    legacy = load_file(full.model_file)
-    old_model = tmp_path / "model.pt"
-    torch.save({"format": "pokediff-model-v1", "step": legacy["step"], "config": legacy["config"],
-                "model": legacy["model"], "ema": legacy["ema"]}, old_model)
-    with pytest.raises(UnsafeCheckpointError, match="old checkpoint format pokediff-model-v1"):
-        load_file(old_model)
-    r = _pokediff("convert-checkpoint", "--trust", "model.pt", "converted.safetensors", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "-> converted.safetensors (pokediff-model-v2, step 8)" in r.stdout
-    converted = load_file(tmp_path / "converted.safetensors")
-    assert all(torch.equal(converted["ema"][k], legacy["ema"][k]) for k in legacy["ema"])
-    # Nothing is overwritten.
-    r = _pokediff("convert-checkpoint", "--trust", "model.pt", "converted.safetensors", cwd=tmp_path)
-    assert r.returncode == 2 and "already exists" in r.stderr
+    _one_line_error(r, "last.pt: holds pickled Python objects", "refused")
+    assert not marker.exists()
 
 
 def test_damaged_or_foreign_model_files_are_one_line_errors(tmp_path):
     from safetensors.torch import save_file
 
+    from pokediff.checkpoint import CheckpointError, save_model_file
     from pokediff.models import UNet
-    from pokediff.training import CheckpointError, save_model_file
 
     cfg = tiny_model_config()
     good = save_model_file(tmp_path / "good.safetensors", UNet(cfg).state_dict(), None, cfg, DiffusionConfig(), 1)
@@ -179,3 +137,26 @@ def test_damaged_or_foreign_model_files_are_one_line_errors(tmp_path):
             load_model(tmp_path / f"{name}.safetensors")
         assert "\n" not in str(info.value)
     assert load_model(good, use_ema=True)[3] == 1  # no EMA stored: falls back to the raw weights
+
+
+def test_the_same_weights_give_the_same_model_file_bytes_in_every_process(tmp_path):
+    """safetensors writes its metadata map in a hash order that changes per process; the model file is
+    DVC's train output, so the same weights must give the same bytes (and md5) wherever they are saved."""
+    code = (
+        "import sys, torch\n"
+        "from helpers import tiny_model_config\n"
+        "from pokediff.checkpoint import save_model_file\n"
+        "from pokediff.config import DiffusionConfig\n"
+        "from pokediff.models import UNet\n"
+        "torch.manual_seed(0)\n"
+        "net = UNet(tiny_model_config())\n"
+        "save_model_file(sys.argv[1], net.state_dict(), net.state_dict(), tiny_model_config(), DiffusionConfig(), 3)\n"
+    )
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])}
+    files = [tmp_path / f"model{i}.safetensors" for i in range(4)]
+    for path in files:
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True, env=env, timeout=300)
+    assert len({path.read_bytes() for path in files}) == 1
+    loaded = load_file(files[0])
+    assert loaded["step"] == 3 and loaded["config"]["model"] == tiny_model_config().model_dump(mode="json")

@@ -4,17 +4,11 @@ import pytest
 import torch
 
 from helpers import tiny_model_config
+from pokediff.checkpoint import CheckpointError, atomic_torch_save, load_file, load_model
 from pokediff.config import DiffusionConfig, TrainConfig
-from pokediff.training import (
-    EMA,
-    CheckpointError,
-    NonFiniteLossError,
-    atomic_torch_save,
-    load_file,
-    load_model,
-    train,
-    warmup_cosine,
-)
+from pokediff.training.ema import EMA
+from pokediff.training.loop import NonFiniteLossError, train
+from pokediff.training.lr import warmup_cosine
 
 
 def _images(n=4, res=16):

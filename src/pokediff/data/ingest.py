@@ -46,11 +46,11 @@ from tqdm import tqdm
 
 from pokediff.config import DataConfig
 from pokediff.data import sprites
-from pokediff.data.decoding import (
+from pokediff.data.decode import IMAGE_EXTENSIONS
+from pokediff.data.ingest_workers import (
     WorkerCrashedError,
     decode_all,
 )
-from pokediff.data.images import IMAGE_EXTENSIONS
 from pokediff.data.manifest import (
     IMAGES_DIR,
     MANIFEST_NAME,

@@ -1,4 +1,5 @@
-"""The files ingest writes next to its images: manifest.csv, quarantine.csv, ingest_summary.json.
+"""The files ingest writes next to its images: manifest.csv, quarantine.csv, ingest_summary.json,
+and the pixel statistics the manifest records for each image (`pixel_stats`).
 
 The manifest is the contract between ingest, validate and training: one row per image, in the
 order training reads them. Files are written with the csv module and fixed formatting (no pandas
@@ -12,6 +13,10 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pokediff.pixels import pixel_sha256
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,13 +40,42 @@ class ManifestRow:
     width: int
     height: int
     mode: str  # PIL mode of the written PNG (always RGB from ingest)
-    mean: float  # pixel statistics on the 0..255 scale, see images.pixel_stats
+    mean: float  # pixel statistics on the 0..255 scale, see pixel_stats
     std: float
     background_fraction: float
     sha256: str  # of the pixels, not of the PNG bytes
 
 
 MANIFEST_COLUMNS = [f.name for f in fields(ManifestRow)]
+
+# A pixel counts as background when no channel differs from the background colour by more than
+# this (0..255 scale). Lanczos leaves faint ringing next to edges; 8 keeps that out of the content.
+BACKGROUND_TOLERANCE = 8
+
+
+@dataclass(frozen=True)
+class PixelStats:
+    mean: float  # over all pixels and channels, 0..255
+    std: float  # same; near 0 means an almost uniform image
+    background_fraction: float  # share of pixels within BACKGROUND_TOLERANCE of the background
+    sha256: str
+
+
+def pixel_stats(pixels: np.ndarray, background: tuple[int, int, int]) -> PixelStats:
+    """The manifest's measured columns of one uint8 (H, W, C) image, written by ingest and checked
+    again by validate."""
+    values = pixels.astype(np.float64)
+    if pixels.ndim == 3 and pixels.shape[2] == len(background):
+        distance = np.abs(values - np.asarray(background, dtype=np.float64)).max(axis=2)
+        background_fraction = float((distance <= BACKGROUND_TOLERANCE).mean())
+    else:  # not RGB: cannot be compared with an RGB background colour
+        background_fraction = float("nan")
+    return PixelStats(
+        mean=round(float(values.mean()), 4),
+        std=round(float(values.std()), 4),
+        background_fraction=round(background_fraction, 6),
+        sha256=pixel_sha256(pixels),
+    )
 
 
 @dataclass(frozen=True)

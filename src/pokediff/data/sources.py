@@ -1,10 +1,9 @@
-"""Where images are read from, the one place for it:
+"""Where image bytes are read from, the one place for it:
 
 - raw sources for ingest, as a list of named files: a folder (any depth), a .tar/.tar.gz/.tgz or a
   .zip (`open_source`, `iter_contents`);
-- images where they already are, for training and scoring: an ingested dataset (the files its
-  manifest.csv lists, in its order) or any folder of images (`dataset_files`), each read into
-  uint8 pixels (`read_image`; the conversion itself is `pokediff.data.images.decode_rgb`).
+- one file of a dataset or image folder the user points training or scoring at (`read_file`; the
+  folder itself is pokediff.data.image_folder's).
 
 Nothing outside a raw source is ever read:
 
@@ -27,9 +26,8 @@ Names are shown as text: bytes that are not UTF-8 (a non-UTF-8 file system or ta
 Two archive members with the same (normalised) name are not silently merged: every one but the
 last is quarantined as shadowed, as an extracting tool would keep only the last.
 
-Datasets and folders for training and scoring are the user's own: their links are followed (DVC may
-check a dataset out as links into its cache), files larger than MAX_FILE_BYTES are refused and every
-decode has the FOLDER_MAX_PIXELS limit.
+Datasets and folders for training and scoring are the user's own: `read_file` follows links (DVC may
+check a dataset out as links into its cache) and refuses files larger than MAX_FILE_BYTES.
 """
 
 from __future__ import annotations
@@ -49,10 +47,6 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, BinaryIO, Self
 
-import numpy as np
-
-from pokediff.data.images import IMAGE_EXTENSIONS, RGB, WHITE, decode_rgb
-from pokediff.data.manifest import MANIFEST_NAME, read_manifest
 from pokediff.errors import PokediffError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
@@ -65,9 +59,6 @@ MIN_TOTAL_BYTES = 1024**3
 MAX_EXPANSION = 100
 MAX_ENTRIES = 200_000  # the sprite tarball has 4,237
 _CHUNK = 1024 * 1024  # bytes per read() call: bounds what one inflate call may produce
-# Pixel limit when reading datasets and folders for training and scoring: generous, but keeps a
-# stray 100-megapixel photo from stalling a training start.
-FOLDER_MAX_PIXELS = 40_000_000
 
 
 class SourceError(PokediffError, ValueError):
@@ -351,32 +342,10 @@ def iter_contents(source: RawSource, entries: list[SourceEntry]) -> Iterator[tup
 
 
 # ----------------------------------------------------------------------------------------------
-# Datasets and image folders, for training and scoring
+# One file of the user's own dataset or image folder (see pokediff.data.image_folder)
 # ----------------------------------------------------------------------------------------------
-def list_image_files(folder: Path) -> list[Path]:
-    """Image files under `folder`, any depth, hidden files and folders skipped, sorted by path."""
-    found = []
-    for path in folder.rglob("*"):  # does not descend into linked folders
-        relative = path.relative_to(folder).as_posix()
-        if not is_hidden(relative) and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
-
-
-def dataset_files(root: Path) -> tuple[list[Path], Path | None]:
-    """(image files, manifest) of a folder: the files its manifest.csv lists, in manifest order, or,
-    without a manifest, `list_image_files(root)` and None. Listed files are not checked to exist."""
-    manifest = root / MANIFEST_NAME
-    if manifest.is_file():
-        return [root / relative for relative in read_manifest(manifest)["path"]], manifest
-    return list_image_files(root), None
-
-
-def read_image(path: Path, resolution: int | None = None, background: RGB = WHITE) -> np.ndarray:
-    """One image file -> uint8 (H, W, 3), see `decode_rgb` (square `resolution`^2, or its own size).
-
-    Raises BadImageError (a ValueError) for a file that is not a usable image, OSError when it cannot
-    be read, TooLargeError (an OSError) beyond MAX_FILE_BYTES."""
+def read_file(path: Path) -> bytes:
+    """Contents of one file, following links, at most MAX_FILE_BYTES (TooLargeError beyond)."""
     with open(path, "rb") as handle:
         declared = os.fstat(handle.fileno()).st_size
         data = handle.read(min(declared, MAX_FILE_BYTES) + 1)  # read(n) allocates n bytes: the file's size
@@ -384,5 +353,4 @@ def read_image(path: Path, resolution: int | None = None, background: RGB = WHIT
             data += handle.read(MAX_FILE_BYTES + 1 - len(data))
     if len(data) > MAX_FILE_BYTES:
         raise TooLargeError(f"{path}: more than {MAX_FILE_BYTES:,} bytes (the limit); not read further")
-    return decode_rgb(data, path.suffix.lower(), resolution=resolution, max_pixels=FOLDER_MAX_PIXELS,
-                      background=background)
+    return data

@@ -23,16 +23,20 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import Any
 
+import great_expectations as gx
+import great_expectations.expectations as gxe
 import numpy as np
 import pandas as pd
+from great_expectations.data_context.types.base import ProgressBarsConfig
 from PIL import Image
 
 from pokediff.config import ValidateConfig
-from pokediff.data.images import RGB, pixel_stats
-from pokediff.data.manifest import MANIFEST_NAME, read_manifest, write_json
+from pokediff.data.decode import RGB
+from pokediff.data.manifest import MANIFEST_NAME, pixel_stats, read_manifest, write_json
 
 RESULT_NAME = "validation_result.json"
 METRICS_NAME = "validation_metrics.json"
@@ -153,8 +157,6 @@ def variant_counts(images: pd.DataFrame, expected: tuple[str, ...]) -> pd.DataFr
 # ----------------------------------------------------------------------------------------------
 def build_suites(t: ValidateConfig, resolution: int) -> dict[str, list]:
     """Expectations per table, each with a description that says what a failure means."""
-    import great_expectations.expectations as gxe
-
     r = resolution
     images = [
         gxe.ExpectTableRowCountToBeBetween(
@@ -242,9 +244,6 @@ def _run_suites(
     tables: dict[str, tuple[pd.DataFrame, str]], checks: ValidateConfig, resolution: int, docs_dir: Path | None
 ) -> list[ExpectationOutcome]:
     """Run each suite on its table in a throwaway file context; copy its Data Docs to `docs_dir`."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
     outcomes: list[ExpectationOutcome] = []
     with tempfile.TemporaryDirectory(prefix="pokediff-gx-") as project:
         context = gx.get_context(mode="file", project_root_dir=project)
@@ -331,8 +330,6 @@ def write_static_results(report: ValidationReport, docs_dir: Path) -> Path:
     """data_docs/results.html: every expectation with its verdict and failing rows, as plain HTML with
     inline styles. GX's index.html fills its list of validation runs with scripts from public CDNs, so
     offline it shows an empty table; this page (and the GX pages it links to) open without network."""
-    from html import escape
-
     docs_dir.mkdir(parents=True, exist_ok=True)
     gx_pages = sorted(p.relative_to(docs_dir).as_posix() for p in (docs_dir / "validations").rglob("*.html"))
     verdict = "passed" if report.success else "FAILED"

@@ -331,7 +331,7 @@ Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @torch.inference_mode()
-def sample(
+def reverse_process(
     model: Model,
     sched: NoiseSchedule,
     shape: tuple[int, ...],
@@ -348,7 +348,7 @@ def sample(
     noise: torch.Tensor | None = None,
     callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Generate a batch from pure noise x_T ~ N(0, I).
+    """Run the reverse process p(x_{t-1} | x_t) along the sampler's timesteps, from x_T ~ N(0, I) to x_0.
 
     model(x_t, t) -> prediction, with x_t (B, C, H, W) float and t (B,) long.
     Returns (B, C, H, W) float32 in [-1, 1] space (clamped when clip_x0 is set).

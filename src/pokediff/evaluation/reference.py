@@ -8,7 +8,7 @@ it twice:
     features  (N, 2048)      float32  the features themselves (KID, memorisation)
     train_nn  (N,)           float64  distance of each image to its nearest other one (memorisation)
     n         ()             int      number of images
-    content_hash  str                 SHA-256 of the decoded pixels (pokediff.data.images.content_hash)
+    content_hash  str                 SHA-256 of the decoded pixels (pokediff.pixels.content_hash)
     extractor     str                 feature convention, e.g. inception-2015-12-05/pool3/tf1
     paths     (N,)           str      relative paths ("" for in-memory tensors)
 
@@ -27,9 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pokediff.data.images import content_hash
+from pokediff.data.image_folder import load_image_folder, subset_indices
 from pokediff.evaluation.frechet import gaussian_stats
-from pokediff.evaluation.images import load_image_folder, subset_indices
 from pokediff.evaluation.inception import (
     DEFAULT_BATCH_SIZE,
     NUM_FEATURES,
@@ -40,6 +39,7 @@ from pokediff.evaluation.inception import (
     extractor_id,
 )
 from pokediff.evaluation.memorisation import train_nn_distances
+from pokediff.pixels import content_hash
 
 _KEYS = ("mu", "sigma", "features", "train_nn", "n", "content_hash", "extractor", "paths")
 
@@ -152,14 +152,15 @@ def compute_reference_stats(
     """Inception statistics of a reference image set, cached in ``out_path``.
 
     Args:
-        images: a folder (see :func:`pokediff.evaluation.images.list_images`), a uint8 tensor
+        images: a folder (see :mod:`pokediff.data.image_folder`), a uint8 tensor
             (N, 3, H, W) or a sequence of uint8 tensors (3, H, W).
         out_path: where to save the .npz; if it already holds stats of the same pixels and
             extractor (and ``force`` is False), they are loaded and returned.
         max_images: use a fixed-seed random subset of this many images (0 = all).
     """
     if isinstance(images, (str, Path)):
-        imgs, paths = load_image_folder(images, max_images=max_images, seed=seed, how="random")
+        imgs, paths = load_image_folder(images, resolution=None, on_error="raise", max_images=max_images, seed=seed,
+                                        how="random")
     else:
         if isinstance(images, torch.Tensor):
             check_uint8_images(images)

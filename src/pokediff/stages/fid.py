@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from pokediff.cli import add_common_arguments
+from pokediff.cli import add_common_arguments, add_inception_arguments
+from pokediff.config import load_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,14 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fixed-seed random subset of each folder, 0 = all (default: %(default)s)")
     parser.add_argument("--resize", choices=["tf1", "antialias"], default="tf1",
                         help="tf1 = the original FID's resize (default); antialias = torchmetrics' default")
-    parser.add_argument("--batch-size", type=int, help="Inception batch size (score.batch_size)")
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (score.device)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_inception_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pokediff.config import load_params
-
     flags = {"score.batch_size": args.batch_size, "score.device": args.device}
     params = load_params(args.params, args.overrides, flags)
     cfg = params.score
@@ -41,15 +38,19 @@ def run(args: argparse.Namespace) -> int:
         print("pokediff fid: --max-images must be >= 0", file=sys.stderr)
         return 2
 
-    from pokediff.evaluation import extract_features, fid_from_features, get_extractor, kernel_inception_distance
-    from pokediff.evaluation.images import load_image_folder
+    # torch and Inception (seconds to import) only once the arguments and params are valid
+    from pokediff.data.image_folder import load_image_folder
+    from pokediff.evaluation.frechet import fid_from_features
+    from pokediff.evaluation.inception import extract_features, get_extractor
+    from pokediff.evaluation.kid import kernel_inception_distance
     from pokediff.evaluation.report import write_metrics_json
 
     try:
         extractor = get_extractor(args.resize, cfg.device)
         feats = []
         for folder in (args.dir_a, args.dir_b):
-            images, _ = load_image_folder(folder, max_images=args.max_images, seed=cfg.seed)
+            images, _ = load_image_folder(folder, resolution=None, on_error="raise", max_images=args.max_images,
+                                          seed=cfg.seed)
             if len(images) < 2:
                 raise ValueError(f"{folder}: FID needs at least 2 images, found {len(images)}")
             feats.append(extract_features(images, cfg.batch_size, extractor=extractor, progress=not args.quiet))

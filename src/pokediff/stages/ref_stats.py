@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from pokediff.cli import add_common_arguments, add_inception_arguments
+from pokediff.config import load_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pokediff.config import load_params
-
     flags = {"score.ref_max_images": args.max_images, "score.batch_size": args.batch_size,
              "score.device": args.device}
     params = load_params(args.params, args.overrides, flags)
@@ -36,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data or params.data.out_dir)
     out = Path(args.out or cfg.ref_stats)
 
-    from pokediff.evaluation import compute_reference_stats
+    from pokediff.evaluation.reference import compute_reference_stats  # torch, Inception: seconds to import
 
     start = time.perf_counter()
     try:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
 from pokediff.choices import AUTO_SPACING, PRECISIONS, SAMPLERS, SPACINGS
 from pokediff.cli import add_common_arguments
+from pokediff.config import load_params
+from pokediff.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,8 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pokediff.config import load_params
-
     flags = {"sample.sampler": args.sampler, "sample.steps": args.steps, "sample.eta": args.eta,
              "sample.spacing": args.spacing, "sample.num_images": args.num_images,
              "sample.batch_size": args.batch_size, "sample.seed": args.seed}
@@ -59,18 +60,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         images_dir = out_dir / "images"
 
-    from pokediff.sampling import generate, load_for_sampling
+    # torch, the model and the samplers (seconds to import) only once the arguments and params are valid
+    from pokediff.checkpoint import MODEL_FILE_NAME
+    from pokediff.generation import generate
 
     model, diffusion_cfg, source = load_for_sampling(
-        checkpoint=args.checkpoint or (None if args.model else str(Path(params.train.out_dir) / "model.safetensors")),
-        model_uri=args.model, use_ema=cfg.use_ema and not args.no_ema, device=args.device,
+        checkpoint=args.checkpoint or str(Path(params.train.out_dir) / MODEL_FILE_NAME), model_uri=args.model,
+        use_ema=cfg.use_ema and not args.no_ema, device=args.device,
     )
     # ddpm runs all T steps unless steps are asked for on the command line: --steps or -S sample.steps.
     steps_given = args.steps is not None or any(o.split("=", 1)[0].strip() == "sample.steps" for o in args.overrides)
     steps = cfg.steps if (steps_given or cfg.sampler != "ddpm") else None
     if steps is not None and steps > diffusion_cfg.timesteps:
-        from pokediff.errors import UsageError
-
         raise UsageError(f"--steps {steps} exceeds the model's {diffusion_cfg.timesteps} timesteps (sample.steps)")
     t0 = time.perf_counter()
 
@@ -92,3 +93,25 @@ def run(args: argparse.Namespace) -> int:
     print(f"pokediff sample: {cfg.num_images} images ({cfg.sampler}, {result.steps} steps) in {seconds:.1f} s "
           f"-> {images_dir}/, grid {grid_path}")
     return 0
+
+
+def load_for_sampling(checkpoint: str | None, model_uri: str | None, *, use_ema: bool = True,
+                      device: str | None = None):
+    """(model in eval mode on device, its diffusion config, a description of where it came from).
+
+    model_uri (models:/NAME@ALIAS): the version's safetensors weights are downloaded into a temporary
+    folder, loaded, and the folder removed. Otherwise ``checkpoint``: a model file (model.safetensors)
+    or a training checkpoint (checkpoints/last.pt). Neither is unpickled (pokediff.checkpoint)."""
+    # torch: seconds to import, not for `pokediff sample --help`
+    from pokediff.checkpoint import load_model
+    from pokediff.devices import resolve_device
+
+    dev = resolve_device(device)
+    if model_uri:
+        from pokediff.tracking.registry import download_model_file  # mlflow: seconds to import, only for --model
+
+        with tempfile.TemporaryDirectory(prefix="pokediff-model-") as tmp:
+            model, _, diffusion_cfg, step = load_model(download_model_file(model_uri, tmp), use_ema=use_ema, device=dev)
+        return model, diffusion_cfg, f"{model_uri} (step {step})"
+    model, _, diffusion_cfg, step = load_model(checkpoint, use_ema=use_ema, device=dev)
+    return model, diffusion_cfg, f"{checkpoint} (step {step})"

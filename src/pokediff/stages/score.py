@@ -11,11 +11,14 @@ nearest.csv: each sample's nearest reference image in Inception space, closest f
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 from pokediff.cli import add_common_arguments, add_inception_arguments
+from pokediff.config import load_params
+from pokediff.data.fetch import file_sha256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pokediff.config import load_params
-
     flags = {"score.num_samples": args.num_samples, "score.batch_size": args.batch_size,
              "score.device": args.device}
     params = load_params(args.params, args.overrides, flags)
@@ -40,8 +41,10 @@ def run(args: argparse.Namespace) -> int:
     ref_path = Path(args.ref or cfg.ref_stats)
     out = Path(args.out or Path(cfg.out_dir) / "metrics.json")
 
-    from pokediff.evaluation import FIDEvaluator, load_image_folder, nearest_neighbours
-    from pokediff.evaluation.memorisation import memorisation_metrics
+    # torch and Inception (seconds to import) only once the arguments and params are valid
+    from pokediff.data.image_folder import load_image_folder
+    from pokediff.evaluation.evaluator import FIDEvaluator
+    from pokediff.evaluation.memorisation import memorisation_metrics, nearest_neighbours
     from pokediff.evaluation.report import write_metrics_json, write_nearest_csv
 
     start = time.perf_counter()
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
             ref_path, device=cfg.device, batch_size=cfg.batch_size, kid_subsets=cfg.kid_subsets,
             kid_subset_size=cfg.kid_subset_size, seed=cfg.seed,
         )
-        images, paths = load_image_folder(samples_dir, max_images=cfg.num_samples, how="first")
+        images, paths = load_image_folder(samples_dir, resolution=None, on_error="raise",
+                                          max_images=cfg.num_samples, how="first")
         if len(images) < 2:
             raise ValueError(f"{samples_dir}: FID needs at least 2 images, found {len(images)}")
         features = evaluator.features(images, progress=not args.quiet)
@@ -68,11 +72,7 @@ def run(args: argparse.Namespace) -> int:
         metrics["memorisation_train_nn_median"],
     )
     if not args.no_track:
-        from pokediff.data.fetch import file_sha256
-        from pokediff.tracking import evaluation_key
-
-        key = evaluation_key(metrics["num_samples"], file_sha256(ref_path), evaluator.ref.extractor)
-        _log_evaluation(params, metrics, out, samples_dir, key)
+        _log_evaluation(params, metrics, out, samples_dir, ref_path, evaluator.ref.extractor)
     print(
         f"score: {metrics['num_samples']} samples vs {metrics['num_reference']} reference images: "
         f"FID {metrics['fid']:.2f}, KID {metrics['kid_mean']:.4f} ± {metrics['kid_std']:.4f}, "
@@ -82,14 +82,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_evaluation(params, metrics: dict, metrics_path: Path, samples_dir: Path, key: str) -> None:
+def _log_evaluation(params, metrics: dict, metrics_path: Path, samples_dir: Path, ref_path: Path,
+                    extractor: str) -> None:
     """Add this evaluation as a nested MLflow run under the pipeline's training run (found through
     <train.out_dir>/mlflow_run.json) and keep the `champion` alias on the best-FID model version.
     Samples made outside the pipeline (no run recorded) are scored without tracking."""
-    import json
+    # mlflow: seconds to import, not needed with --no-track
+    from pokediff.tracking.evaluations import EvaluationLogger, evaluation_key
 
-    from pokediff.tracking import EvaluationLogger
-
+    key = evaluation_key(metrics["num_samples"], file_sha256(ref_path), extractor)
     train_dir = Path(params.train.out_dir)
     try:
         logger = EvaluationLogger(train_dir)

@@ -4,7 +4,7 @@
     pokediff train --resume            # continue a killed run from its last checkpoint
 
 Reads the model, diffusion and train sections of params.yaml; flags override them.
-Before anything is allocated, the run's peak memory is estimated (pokediff.training.memory): a run that
+Before anything is allocated, the run's peak memory is estimated (pokediff.training.memory_estimate): a run that
 cannot fit stops at once naming the keys to change and the small CPU configuration. The out-dir is
 locked (pokediff.locks) for the whole run: a second `pokediff train` into it stops with a clear message.
 Writes <out_dir>/checkpoints/last.pt, <out_dir>/model.safetensors, train_log.csv, train_metrics.json and
@@ -20,6 +20,10 @@ import os
 from pathlib import Path
 
 from pokediff.cli import add_common_arguments
+from pokediff.config import load_params
+from pokediff.errors import PokediffError, UsageError, describe_os_error, os_error_in_chain
+from pokediff.launch import requested_processes, run_under_torchrun
+from pokediff.locks import OutDirLock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,22 +42,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar: one progress line every ~30 s instead (logs, DVC)")
+                        help="no progress lines (by default one every ~30 s: step, loss, images/s, ETA)")
     parser.add_argument("--no-memory-check", action="store_true",
                         help="start even when the run is estimated not to fit in memory")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pokediff.config import load_params
-
     flags = {"train.steps": args.steps, "train.batch_size": args.batch_size, "train.lr": args.lr,
              "train.out_dir": args.out_dir}
     params = load_params(args.params, args.overrides, flags)  # validated before any work (and before torch)
+    processes = requested_processes()  # POKEDIFF_TRAIN_PROCESSES: this same command again, under torchrun
+    if processes > 1:
+        return run_under_torchrun(processes)
 
+    # torch and the training code (seconds to import) only once the arguments and params are valid
     from pokediff.devices import resolve_device
-    from pokediff.errors import PokediffError, UsageError, describe_os_error, os_error_in_chain
-    from pokediff.locks import OutDirLock
-    from pokediff.training.memory import check_training_fits, processes_sharing_memory
+    from pokediff.training.memory_estimate import check_training_fits, processes_sharing_memory
 
     try:
         device = resolve_device(args.device)
@@ -76,9 +80,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
-    from pokediff.data import load_training_images
-    from pokediff.training import read_sidecar, run_fingerprint, train
-    from pokediff.training.memory import count_config_parameters
+    # as in run(): torch, the data loader and the training code load only for a valid command
+    from pokediff.checkpoint import CHECKPOINT_FILE, read_sidecar, run_fingerprint
+    from pokediff.data.image_folder import load_training_images
+    from pokediff.training.loop import train
+    from pokediff.training.memory_estimate import count_config_parameters
     from pokediff.training.periodic_eval import EVAL_GRID, EvalLog, in_training_evaluator
 
     data_dir = Path(args.data or params.data.out_dir)
@@ -91,7 +97,7 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
 
     fingerprint = run_fingerprint(images, params.model, params.diffusion, params.train)
     resume = args.resume
-    previous = read_sidecar(out_dir / "checkpoints" / "last.pt")
+    previous = read_sidecar(out_dir / CHECKPOINT_FILE)
     if args.auto_resume:
         resume = previous.get("fingerprint") == fingerprint
         if previous and rank == 0:
@@ -100,7 +106,7 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
 
     tracking = contextlib.nullcontext()
     if not args.no_track and rank == 0:  # MLflow logging from rank 0 only
-        from pokediff.tracking import TrainingRun
+        from pokediff.tracking.run import TrainingRun  # mlflow: seconds to import, not with --no-track
 
         tracking = TrainingRun(params, out_dir, resume=resume, dataset_dir=data_dir,
                                validation_dir=params.validate_.out_dir)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 import warnings
@@ -23,18 +22,22 @@ import mlflow
 import torch
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import fluent
 
 import pokediff
 from pokediff.config import Params, flatten
 from pokediff.data.fetch import file_sha256
-from pokediff.tracking.registry import MODEL_NAME, log_and_register_model
+from pokediff.tracking.served_model import log_and_register_model
 from pokediff.tracking.store import (
+    MODEL_NAME,
     RUN_INFO_FILE,
     configure,
     dataset_md5,
     dvc_data_hash,
+    error_words,
     finite_metrics,
     git_commit,
+    link_tags,
     project_root,
     quick_http,
     read_json,
@@ -44,29 +47,10 @@ from pokediff.tracking.store import (
 # defaults, 7 retries with back-off and 120 s, froze a run for ~8 minutes when the server died).
 TRAINING_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-# Links to the orchestrators that started this run (set by the Prefect flow and by `dvc exp run`).
-LINK_ENV = {"POKEDIFF_FLOW_RUN_ID": "pokediff.prefect_flow_run_id", "DVC_EXP_NAME": "pokediff.dvc_exp_name"}
 # What the run's Model-metrics page shows: time series and scores only (summaries are JSON artifacts).
 TRAIN_METRICS = ("loss", "lr", "grad_norm", "images_per_second", "eval_fid", "eval_kid_mean")
 QUIET_LOGGERS = ("urllib3.connectionpool", "mlflow.system_metrics")
 MAX_BUFFERED = 200_000  # metric points kept while the store is away (~40 MB at worst)
-
-
-def _reason(exc: BaseException) -> str:
-    """A few words for an MLflow failure: MLflow wraps connection errors in long nested messages."""
-    text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None)
-    for needle, words in (("Connection refused", "connection refused"), ("timed out", "timed out"),
-                          ("Max retries exceeded", "the server does not answer"),
-                          ("Name or service not known", "unknown host"), ("RemoteDisconnected", "server went away"),
-                          ("database is locked", "database is locked"), ("No space left", "disk full")):
-        if needle in text:
-            return words
-    return (text.strip().splitlines() or [type(exc).__name__])[0][:160]
-
-
-def link_tags() -> dict[str, str]:
-    """Tags that tie a run to the Prefect flow run and the DVC experiment that produced it."""
-    return {tag: os.environ[var] for var, tag in LINK_ENV.items() if os.environ.get(var)}
 
 
 class TrainingRun:
@@ -160,6 +144,7 @@ class TrainingRun:
     def _log_dataset(self) -> None:
         """The dataset as an MLflow dataset input (digest = DVC's md5 of what was trained on) and the
         ingest/validation summaries as JSON artifacts plus a few tags: counts are not time series."""
+        # mlflow.data: ~1 s to import, only when a dataset is logged
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
 
@@ -206,7 +191,7 @@ class TrainingRun:
             return fn(*args, **kwargs)
         except Exception as exc:  # requests/urllib3 errors, MlflowException, OSError, sqlite errors ...
             self.broken_since = self.last_step
-            print(f"pokediff train: MLflow tracking failed at step {self.last_step} ({_reason(exc)}); training "
+            print(f"pokediff train: MLflow tracking failed at step {self.last_step} ({error_words(exc)}); training "
                   "continues, metrics are kept and logged at the end if MLflow answers again", file=sys.stderr)
             logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)  # also its errors
             self._stop_system_metrics()
@@ -214,8 +199,6 @@ class TrainingRun:
             return None
 
     def _stop_system_metrics(self) -> None:
-        from mlflow.tracking import fluent
-
         monitor = fluent.run_id_to_system_metrics_monitor.pop(self.run_id, None)
         if monitor is not None:
             monitor._shutdown_event.set()  # the thread exits after its current call; not joined
@@ -240,8 +223,6 @@ class TrainingRun:
 
     def _abandon_run(self) -> None:
         """Forget the fluent active run without calling the store (it does not answer)."""
-        from mlflow.tracking import fluent
-
         self._stop_system_metrics()
         fluent._active_run_stack.get().clear()  # this thread's stack of active runs
         self._write_run_info()
@@ -287,17 +268,14 @@ class TrainingRun:
         if "steps" in summary:  # the steps reached: below train.steps when a wall-clock budget stopped the run
             self._call(mlflow.set_tags, {"pokediff.steps_reached": summary["steps"],
                                          "pokediff.stopped_by_budget": bool(summary.get("stopped_by_budget"))})
-        self._call(mlflow.set_tag, "mlflow.note.content", self.describe(summary))
+        self._call(mlflow.set_tag, "mlflow.note.content",
+                   describe_training(self.params, summary, self.model_version, self.grid_artifact))
         self._write_run_info()
         return self.model_version
 
-    def describe(self, summary: dict[str, Any], evaluation: dict[str, Any] | None = None) -> str:
-        """The run description (markdown): the headline numbers and where the sample grid is."""
-        return describe_training(self.params, summary, self.model_version, self.grid_artifact, evaluation)
-
 
 def describe_training(params: Params, summary: dict[str, Any], model_version: str | None,
-                      grid_artifact: str | None, evaluation: dict[str, Any] | None = None) -> str:
+                      grid_artifact: str | None) -> str:
     """Markdown for tag mlflow.note.content of the training (pipeline) run."""
     p = params
     lines = [f"**pokediff training**: {p.diffusion.schedule} schedule, {p.diffusion.prediction}-prediction, "
@@ -309,9 +287,6 @@ def describe_training(params: Params, summary: dict[str, Any], model_version: st
             ("images/s", summary.get("images_per_second")),
             ("train seconds", summary.get("seconds")), ("parameters", summary.get("parameters")),
             ("dataset images", summary.get("dataset_images"))]
-    if evaluation:
-        rows = [(f"FID ({evaluation.get('how')})", evaluation.get("fid")),
-                ("KID", evaluation.get("kid_mean")), ("evaluation key", evaluation.get("key"))] + rows
     lines += ["| | |", "|---|---|"] + [f"| {name} | {_fmt(value)} |" for name, value in rows if value is not None]
     if model_version:
         lines += ["", f"Registered model: `{MODEL_NAME}` version {model_version}."]

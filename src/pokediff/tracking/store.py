@@ -1,4 +1,5 @@
-"""The MLflow store: where it is, the experiment, provenance tags and small shared helpers."""
+"""The MLflow store: where it is, the experiment, the registered model's name, provenance tags, and
+the small helpers every tracking module shares (run info file, metric cleaning, error wording)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,16 @@ import yaml
 from mlflow.exceptions import MlflowException
 
 from pokediff.errors import PokediffError, shorten
+from pokediff.team.settings import named, redact_url
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # relative to the project root (see project_root)
 STORE_DIR = "mlruns"
 ARTIFACT_ROOT = Path(STORE_DIR) / "artifacts"
 EXPERIMENT_NAME = "pokediff"
+MODEL_NAME = "pokemon-ddpm"  # the registered model: one version per training run
 RUN_INFO_FILE = "mlflow_run.json"
+# Links to the orchestrators that started a run (set by the Prefect flow and by `dvc exp run`).
+LINK_ENV = {"POKEDIFF_FLOW_RUN_ID": "pokediff.prefect_flow_run_id", "DVC_EXP_NAME": "pokediff.dvc_exp_name"}
 # What marks the project root: the folder `pokediff` walks up to from the working directory.
 PROJECT_MARKERS = ("dvc.yaml", "params.yaml", ".dvc")
 # MLflow 3's UI opens an experiment on its GenAI overview unless the experiment says it is for model
@@ -122,15 +127,10 @@ def configure(experiment: str = EXPERIMENT_NAME) -> str:
         with quick_http():
             found = mlflow.get_experiment_by_name(experiment)
     except Exception as exc:  # requests' ConnectionError, MlflowException, OSError, ...
-        raise TrackingError(
-            f"MLflow store {uri} not reachable ({_first_line(exc)}); start the server, unset "
-            "MLFLOW_TRACKING_URI to use the project store, or pass --no-track") from None
+        raise TrackingError(_store_failure(uri, exc)) from None
     if found is not None:
         if local:
             _relocate_if_moved(store, found.artifact_location)
-        for key, value in EXPERIMENT_TAGS.items():  # experiments made before these tags existed
-            if key not in found.tags:
-                mlflow.MlflowClient().set_experiment_tag(found.experiment_id, key, value)
         return mlflow.set_experiment(experiment).experiment_id
     location = (store.parent / "artifacts").as_uri() if local else None
     try:
@@ -141,14 +141,41 @@ def configure(experiment: str = EXPERIMENT_NAME) -> str:
     return experiment_id
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    if "Connection refused" in text:
-        return "connection refused"
-    if "timed out" in text:
-        return "timed out"
-    lines = text.strip().splitlines()
-    return shorten(lines[0] if lines else type(exc).__name__, 200)
+def error_words(exc: BaseException) -> str:
+    """A few words for an MLflow failure: MLflow wraps connection errors in long nested messages."""
+    text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None)
+    for needle, words in (("Connection refused", "connection refused"), ("timed out", "timed out"),
+                          ("Max retries exceeded", "the server does not answer"),
+                          ("Name or service not known", "unknown host"), ("RemoteDisconnected", "server went away"),
+                          ("database is locked", "database is locked"), ("No space left", "disk full")):
+        if needle in text:
+            return words
+    return shorten((str(exc).strip().splitlines() or [type(exc).__name__])[0], 200)
+
+
+def link_tags() -> dict[str, str]:
+    """Tags that tie a run to the Prefect flow run and the DVC experiment that produced it."""
+    return {tag: os.environ[var] for var, tag in LINK_ENV.items() if os.environ.get(var)}
+
+
+def _store_failure(uri: str, exc: BaseException) -> str:
+    """One line for a store that refused or did not answer: the setting to fix, no secret (the URI is
+    shown without any user:password part)."""
+    shown = redact_url(uri)
+    code = getattr(exc, "error_code", None)
+    if code == "UNAUTHENTICATED":
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if not user:
+            return (f"{named('MLFLOW_TRACKING_USERNAME')}: not set, and the MLflow server {shown} asks for a login; "
+                    "set it and MLFLOW_TRACKING_PASSWORD (environment or team.env), or pass --no-track")
+        return (f"{named('MLFLOW_TRACKING_PASSWORD')}: the MLflow server {shown} refused the login of user "
+                f"{user!r}; fix MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, or pass --no-track")
+    if code == "PERMISSION_DENIED":
+        return (f"{named('MLFLOW_TRACKING_USERNAME')}: user {os.environ.get('MLFLOW_TRACKING_USERNAME')!r} may not "
+                f"use experiment {EXPERIMENT_NAME!r} on {shown}; ask the server's admin for access")
+    return (f"MLflow store {shown} not reachable ({error_words(exc)}); start the server, unset "
+            "MLFLOW_TRACKING_URI to use the project store, or pass --no-track")
+
 
 
 def _relocate_if_moved(store: Path, artifact_location: str) -> None:

@@ -1,24 +1,12 @@
-"""Training: the loop, EMA, LR schedule, checkpoints (atomic, exactly resumable), DDP."""
+"""Training the U-Net: the loop and its parts. Import the module you need; nothing is imported here.
 
-from pokediff.devices import resolve_device
-from pokediff.training.checkpoint import (
-    MODEL_FILE_NAME,
-    CheckpointError,
-    UnsafeCheckpointError,
-    atomic_torch_save,
-    load_file,
-    load_model,
-    read_sidecar,
-    run_fingerprint,
-    save_model_file,
-)
-from pokediff.training.ema import EMA
-from pokediff.training.loop import NonFiniteLossError, TrainResult, train
-from pokediff.training.lr import warmup_cosine
+    loop.py           train(images, model_cfg, diffusion_cfg, train_cfg, out_dir): the training loop
+    step.py           draw_batch + TrainStep (loss, backward, clip, AdamW, LR, EMA): one optimizer step
+    ema.py            EMA of the weights (what sampling uses)
+    lr.py             warm-up + cosine learning-rate schedule
+    distributed.py    torchrun / DDP set-up with an exact single-process equivalent
+    periodic_eval.py  the in-training FID (EMA samples scored every train.eval_every steps)
+    memory_estimate.py  will the run fit in memory? (checked before anything is allocated)
 
-__all__ = [
-    "train", "TrainResult", "NonFiniteLossError", "resolve_device",
-    "EMA", "warmup_cosine",
-    "CheckpointError", "UnsafeCheckpointError", "MODEL_FILE_NAME", "atomic_torch_save", "load_file", "load_model",
-    "read_sidecar", "run_fingerprint", "save_model_file",
-]
+Checkpoints and model files (save, load, resume state, fingerprint) are pokediff.checkpoint.
+"""

@@ -8,11 +8,16 @@ One step, for a global batch of B images (uint8 (N, 3, R, R) dataset held on the
     x_t   = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise        q(x_t | x0)
     loss  = mean_b  w_b * || model(x_t, t) - target ||^2    target: eps, v or x0
 
-then gradient clipping, AdamW with warm-up + cosine LR, and an EMA update.
+then gradient clipping, AdamW with warm-up + cosine LR, and an EMA update (training/step.py).
 
 Reproducibility and resume: every random draw comes from one seeded generator on the device (and
-dropout from torch's global RNG); both states go into each checkpoint, so a resumed run replays the
-uninterrupted run's batches exactly. Host syncs happen only every ``log_every`` steps.
+dropout from torch's global RNG); both states go into each checkpoint (pokediff.checkpoint
+.TrainingState), so a resumed run replays the uninterrupted run's batches exactly. Host syncs happen
+only every ``log_every`` steps.
+
+Progress is one plain line per logged step at most every ``progress_seconds`` (and at the last step):
+the same in a terminal, a DVC or Prefect log and CI, where a redrawn bar would leave thousands of
+carriage-return fragments.
 """
 
 from __future__ import annotations
@@ -27,21 +32,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pokediff.checkpoint import CHECKPOINT_FILE, MODEL_FILE_NAME, TrainingState, save_model_file
 from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
 from pokediff.devices import resolve_device
 from pokediff.errors import PokediffError
 from pokediff.models import UNet
 from pokediff.training import distributed as ddp
 from pokediff.training.budget import WallClockBudget
-from pokediff.training.checkpoint import (
-    CHECKPOINT_FORMAT,
-    MODEL_FILE_NAME,
-    CheckpointError,
-    atomic_torch_save,
-    load_file,
-    save_model_file,
-    write_sidecar,
-)
 from pokediff.training.step import TrainStep, draw_batch
 
 LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "images_per_second"]
@@ -75,62 +72,6 @@ class TrainResult:
     stopped_by_budget: bool = False  # train.max_seconds ended this call before train.steps
 
 
-def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _check_resumable(ckpt: dict, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, path: Path) -> None:
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: a model file, not a training checkpoint; cannot resume from it")
-    saved = {"model": ckpt["config"]["model"], "diffusion": ckpt["config"]["diffusion"]}
-    wanted = {"model": model_cfg.model_dump(mode="json"), "diffusion": diffusion_cfg.model_dump(mode="json")}
-    diffs = [
-        f"{section}.{key}: checkpoint {saved[section].get(key)!r} vs params {value!r}"
-        for section, values in wanted.items()
-        for key, value in values.items()
-        if saved[section].get(key) != value
-    ]
-    if diffs:
-        raise CheckpointError(  # one line: the CLI prints it as the error
-            f"{path}: cannot resume, the model/diffusion config differs from the checkpoint's: "
-            + "; ".join(diffs)
-            + ". Start a fresh run (without --resume) or restore the original params."
-        )
-
-
-class _LogWriter:
-    """train_log.csv: one row per logged step; on resume, rows after the checkpoint are dropped."""
-
-    def __init__(self, path: Path, resume_step: int, enabled: bool):
-        self.path, self.enabled = path, enabled
-        if not enabled:
-            return
-        rows = []
-        if resume_step > 0 and path.exists():
-            with path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write(self, row: dict) -> None:
-        if self.enabled:
-            with self.path.open("a", newline="") as f:
-                csv.DictWriter(f, fieldnames=LOG_FIELDS).writerow({k: row[k] for k in LOG_FIELDS})
-
-
 def train(
     images: torch.Tensor,
     model_cfg: ModelConfig,
@@ -153,144 +94,73 @@ def train(
     fingerprint: an identifier of (data, configs) stored with each checkpoint; see run_fingerprint.
     stop_after:  stop after this many optimizer steps of *this* call, as if killed (tests, time limits);
                  no final checkpoint is written, so resume starts from the last periodic one.
-    progress:    a tqdm bar when stderr is a terminal; otherwise (or with progress=False, as in the DVC
-                 stage) one plain line at a logged step every ``progress_seconds`` (and at the end), so
-                 a log file still shows step/total, loss, images/s and the ETA.
+    progress:    print a progress line (step/total, loss, images/s, ETA) at a logged step every
+                 ``progress_seconds`` and at the last step.
+    train_cfg.max_seconds (> 0) ends the loop after the step that crosses that wall-clock budget and saves
+    as at train.steps; the result says so (stopped_by_budget). See pokediff.training.budget.
     """
     t_start = time.perf_counter()
-    device = resolve_device(device)
-    info = ddp.init_from_env(device.type)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
     out_dir = Path(out_dir)
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
-    model_path = out_dir / MODEL_FILE_NAME
-
+    ckpt_path, model_path = out_dir / CHECKPOINT_FILE, out_dir / MODEL_FILE_NAME
     _validate_images(images, model_cfg)
-    if train_cfg.batch_size % info.world_size:
-        raise ValueError(
-            f"train.batch_size ({train_cfg.batch_size}) must be divisible by the number of processes "
-            f"({info.world_size})"
-        )
+    device, info = _join_processes(resolve_device(device), train_cfg.batch_size)
 
-    # ---- state: model, optimizer, LR schedule, EMA (rank 0), RNGs
+    # ---- state: model, optimizer, LR schedule, EMA (main rank), batch generator; restored on resume
     torch.manual_seed(train_cfg.seed)
     model = UNet(model_cfg).to(device)
     if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     generator = torch.Generator(device=device).manual_seed(train_cfg.seed)
-
-    start_step, resume_state = 0, None
-    if resume and ckpt_path.exists():
-        resume_state = load_file(ckpt_path, map_location=device)
-        _check_resumable(resume_state, model_cfg, diffusion_cfg, ckpt_path)
-        model.load_state_dict(resume_state["model"])
     trainer = TrainStep(model, diffusion_cfg, train_cfg, device, info, with_ema=info.is_main)
-    if resume_state is not None:
-        trainer.optimizer.load_state_dict(resume_state["optimizer"])
-        trainer.scheduler.load_state_dict(resume_state["lr_scheduler"])
-        if trainer.ema is not None:
-            trainer.ema.load_state_dict(resume_state["ema"])
-        _set_rng_state(resume_state["rng"], generator, device)
-        start_step = int(resume_state["step"])
-        resume_state = None
-    if info.rank > 0:
-        # Dropout draws from the global RNG: give each rank its own masks, as separate GPUs would have.
-        # (Batches come from `generator`, identical on every rank, so sharding stays exact.)
-        torch.manual_seed(train_cfg.seed + 1_000_003 * info.rank + start_step)
-
+    state = TrainingState(model, trainer.ema, trainer.optimizer, trainer.scheduler, generator,
+                          model_cfg, diffusion_cfg, train_cfg, fingerprint)
+    start_step = state.restore(ckpt_path) if resume and ckpt_path.exists() else 0
+    _seed_dropout_per_rank(train_cfg.seed, start_step, info)
     data = images.to(device)  # the whole (small) dataset lives on the device: no loader, no host copies
-    log = _LogWriter(out_dir / "train_log.csv", start_step, info.is_main)
-
-    def save_checkpoint(step: int) -> Path:
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "step": step,
-            "model": model.state_dict(),
-            "ema": trainer.ema.state_dict(),
-            "optimizer": trainer.optimizer.state_dict(),
-            "lr_scheduler": trainer.scheduler.state_dict(),
-            "rng": _rng_state(generator, device),
-            "config": {
-                "model": model_cfg.model_dump(mode="json"),
-                "diffusion": diffusion_cfg.model_dump(mode="json"),
-                "train": train_cfg.model_dump(mode="json"),
-            },
-            "torch_version": str(torch.__version__),  # a plain str: weights_only=True refuses TorchVersion
-            "fingerprint": fingerprint,
-        }
-        path = atomic_torch_save(payload, ckpt_path)
-        # A small sidecar, so deciding whether to resume does not mean loading a large checkpoint.
-        write_sidecar(ckpt_path, {"step": step, "fingerprint": fingerprint})
-        return path
-
-    # ---- the loop
     end_step = train_cfg.steps if stop_after is None else min(train_cfg.steps, start_step + stop_after)
-    pending: list[torch.Tensor] = []  # per-step losses (device scalars) since the last host sync
-    all_losses: list[float] = []
-    window_start, window_images = time.perf_counter(), 0
-    last_ips = float("nan")
-    use_bar = progress and info.is_main and _is_terminal()
-    bar = _progress_bar(start_step, train_cfg.steps, use_bar)
-    lines = _ProgressLines(start_step, train_cfg.steps, progress_seconds, info.is_main and not use_bar)
+    log = _TrainLog(out_dir / "train_log.csv", start_step, train_cfg.steps, info, on_log,
+                    progress_seconds if progress else None)
 
-    budget = WallClockBudget(train_cfg.max_seconds, info, device)
+    budget = WallClockBudget(train_cfg.max_seconds, info, device)  # train.max_seconds; 0 = never exhausted
+
+    # ---- the loop: one optimizer step per iteration, until train.steps (or stop_after) or the budget
     trainer.raw_model.train()
-    step = start_step
-    while step < end_step:
+    step, out_of_time = start_step, False
+    while step < end_step and not out_of_time:
         batch = draw_batch(data, generator, train_cfg.batch_size, diffusion_cfg.timesteps, train_cfg.hflip, info)
         loss = trainer.loss(batch)
         if device.type == "cpu" and not torch.isfinite(loss):
             # Checked every step on CPU, where reading a scalar costs nothing. The parameters still hold
             # the state after `step` updates (this loss has not been applied): save it, then stop.
-            raise NonFiniteLossError(step + 1, save_checkpoint(step) if info.is_main else None)
+            raise NonFiniteLossError(step + 1, state.save(ckpt_path, step) if info.is_main else None)
         trainer.update(loss, step)
         step += 1
-        pending.append(loss.detach())
-        window_images += train_cfg.batch_size
+        log.add(loss)
         out_of_time = budget.exhausted(step, train_cfg.log_every)
-
-        if step % train_cfg.log_every == 0 or step == end_step or out_of_time:
-            losses = ddp.mean_across_ranks(torch.stack(pending), info).tolist()  # one host sync
-            bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
-            if bad:  # on GPU: found at the sync; the last periodic checkpoint predates it
-                raise NonFiniteLossError(step - len(losses) + bad[0] + 1, ckpt_path if ckpt_path.exists() else None)
-            all_losses.extend(losses)
-            pending.clear()
-            now = time.perf_counter()
-            last_ips = window_images / max(now - window_start, 1e-9)
-            window_start, window_images = now, 0
-            row = {"step": step, "loss": sum(losses) / len(losses), "lr": trainer.scheduler.get_last_lr()[0],
-                   "grad_norm": float(trainer.grad_norm), "images_per_second": last_ips}
-            log.write(row)
-            if on_log is not None and info.is_main:
-                on_log(step, {k: v for k, v in row.items() if k != "step"})
-            bar.update(step - bar.n)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{last_ips:.1f}")
-            lines.update(step, row["loss"], last_ips, final=step == end_step or out_of_time)
-
-        if info.is_main and step % train_cfg.checkpoint_every == 0 and step < end_step and not out_of_time:
-            save_checkpoint(step)
+        last = step == end_step or out_of_time  # a budget stop ends like train.steps: logged, then saved below
+        if step % train_cfg.log_every == 0 or last:
+            log.flush(step, trainer, last, ckpt_path)  # one host sync; raises NonFiniteLossError
+        if info.is_main and step % train_cfg.checkpoint_every == 0 and not last:
+            state.save(ckpt_path, step)
         if evaluate is not None and info.is_main and train_cfg.eval_every and step % train_cfg.eval_every == 0:
-            metrics = evaluate(trainer.ema.model, step)
-            if on_log is not None and metrics:
-                on_log(step, metrics)
-        if out_of_time:
-            break  # the final checkpoint and model file are written below, as at train.steps
+            log.metrics(step, evaluate(trainer.ema.model, step))
 
-    bar.close()
-    if (stop_after is None or step >= train_cfg.steps) and info.is_main:
-        save_checkpoint(step)
+    # ---- the end: final checkpoint and model file (after a budget stop too), unless stopped early as if killed
+    if (stop_after is None or step >= train_cfg.steps or out_of_time) and info.is_main:
+        state.save(ckpt_path, step)
         save_model_file(model_path, model.state_dict(), trainer.ema.state_dict(), model_cfg, diffusion_cfg, step)
     ddp.barrier(info)
     ddp.cleanup(info)
     return TrainResult(
-        step=step, checkpoint=ckpt_path, model_file=model_path, log_file=out_dir / "train_log.csv",
-        losses=all_losses, images_per_second=last_ips, resumed_from=start_step,
-        seconds=time.perf_counter() - t_start, stopped_by_budget=step < end_step,
+        step=step, checkpoint=ckpt_path, model_file=model_path, log_file=log.path, losses=log.losses,
+        images_per_second=log.images_per_second, resumed_from=start_step, seconds=time.perf_counter() - t_start,
+        stopped_by_budget=step < end_step,
     )
 
 
+# ----------------------------------------------------------------------------------------------
+# Set-up
+# ----------------------------------------------------------------------------------------------
 def _validate_images(images: torch.Tensor, model_cfg: ModelConfig) -> None:
     want = (model_cfg.in_channels, model_cfg.resolution, model_cfg.resolution)
     if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != want:
@@ -302,24 +172,98 @@ def _validate_images(images: torch.Tensor, model_cfg: ModelConfig) -> None:
         raise ValueError("training images: the dataset is empty")
 
 
-def _is_terminal() -> bool:
-    import sys
+def _join_processes(device: torch.device, batch_size: int) -> tuple[torch.device, ddp.DistInfo]:
+    """Join torchrun's process group if there is one: each rank trains on its own GPU (cuda:LOCAL_RANK)
+    and computes its slice of every global batch."""
+    info = ddp.init_from_env(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    if batch_size % info.world_size:
+        raise ValueError(
+            f"train.batch_size ({batch_size}) must be divisible by the number of processes ({info.world_size})"
+        )
+    return device, info
 
-    return sys.stderr.isatty()
+
+def _seed_dropout_per_rank(seed: int, start_step: int, info: ddp.DistInfo) -> None:
+    """Dropout draws from the global RNG: give each rank other than 0 its own masks, as separate GPUs
+    would have. (Batches come from the shared generator, identical on every rank, so sharding stays exact.)"""
+    if info.rank > 0:
+        torch.manual_seed(seed + 1_000_003 * info.rank + start_step)
+
+
+# ----------------------------------------------------------------------------------------------
+# What a run reports: train_log.csv, the on_log callback, progress lines
+# ----------------------------------------------------------------------------------------------
+class _TrainLog:
+    """Collects per-step losses (device scalars) between host syncs; at each logged step writes one
+    train_log.csv row (main rank), calls on_log and prints a progress line. On resume, the rows after
+    the checkpoint's step are dropped (they are trained again)."""
+
+    def __init__(self, path: Path, start_step: int, total: int, info: ddp.DistInfo, on_log: LogCallback | None,
+                 progress_seconds: float | None):
+        self.path, self.info, self.on_log = path, info, on_log if info.is_main else None
+        self.pending: list[torch.Tensor] = []
+        self.losses: list[float] = []
+        self.images_per_second = float("nan")
+        self.window_start, self.window_steps = time.perf_counter(), 0
+        self.progress = _ProgressLines(start_step, total, progress_seconds) \
+            if info.is_main and progress_seconds is not None else None
+        if info.is_main:
+            self._start_csv(start_step)
+
+    def _start_csv(self, resume_step: int) -> None:
+        rows = []
+        if resume_step > 0 and self.path.exists():
+            with self.path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss.detach())
+        self.window_steps += 1
+
+    def flush(self, step: int, trainer: TrainStep, final: bool, checkpoint: Path) -> None:
+        losses = ddp.mean_across_ranks(torch.stack(self.pending), self.info).tolist()  # one host sync
+        bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
+        if bad:  # on GPU: found at the sync; the last periodic checkpoint predates it
+            raise NonFiniteLossError(step - len(losses) + bad[0] + 1, checkpoint if checkpoint.exists() else None)
+        self.losses.extend(losses)
+        self.pending.clear()
+        now = time.perf_counter()
+        batch = trainer.train_cfg.batch_size
+        self.images_per_second = self.window_steps * batch / max(now - self.window_start, 1e-9)
+        self.window_start, self.window_steps = now, 0
+        row = {"step": step, "loss": sum(losses) / len(losses), "lr": trainer.scheduler.get_last_lr()[0],
+               "grad_norm": float(trainer.grad_norm), "images_per_second": self.images_per_second}
+        if self.info.is_main:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=LOG_FIELDS).writerow(row)
+        self.metrics(step, {k: v for k, v in row.items() if k != "step"})
+        if self.progress is not None:
+            self.progress.update(step, row["loss"], self.images_per_second, final)
+
+    def metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if self.on_log is not None and metrics:
+            self.on_log(step, metrics)
 
 
 class _ProgressLines:
-    """Progress for logs (DVC, Prefect, CI): ``train: step 120/600 (20%) loss 0.0812 31.5 img/s ETA 4m10s``
-    on stdout at the first logged step, then at most every ``every_s`` seconds, and at the last step."""
+    """``train: step 120/600 (20%) loss 0.0812 31.5 img/s ETA 4m10s`` on stdout at the first logged
+    step, then at most every ``every_s`` seconds, and at the last step."""
 
-    def __init__(self, start: int, total: int, every_s: float, enabled: bool):
-        self.start, self.total, self.every_s, self.enabled = start, total, every_s, enabled
+    def __init__(self, start: int, total: int, every_s: float):
+        self.start, self.total, self.every_s = start, total, every_s
         self.t0 = time.perf_counter()
         self.last_print: float | None = None
 
     def update(self, step: int, loss: float, images_per_second: float, final: bool = False) -> None:
         now = time.perf_counter()
-        if not self.enabled or (self.last_print is not None and now - self.last_print < self.every_s and not final):
+        if self.last_print is not None and now - self.last_print < self.every_s and not final:
             return
         self.last_print = now
         done = step - self.start
@@ -334,10 +278,3 @@ def _duration(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def _progress_bar(start: int, total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True,
-                desc="train")

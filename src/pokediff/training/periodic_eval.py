@@ -4,9 +4,9 @@
     evaluate = in_training_evaluator(params, tracker, eval_log)  # None when off or no reference stats
     train(..., evaluate=evaluate)   # the loop calls evaluate(ema_model, step) -> {"eval_fid", "eval_kid_mean"}
 
-Kept out of pokediff.evaluation on purpose: it samples (pokediff.sampling, which loads models through
-pokediff.training), and pokediff.evaluation is also what the ref_stats and score stages run; DVC's deps
-follow imports (pipelines.stage_deps), so those stages would otherwise rerun on every training change.
+A training concern, not an evaluation one: it samples (pokediff.generation) while pokediff.evaluation
+imports no model or sampler code, so the ref_stats and score stages, whose DVC deps follow imports,
+do not rerun when the U-Net or a sampler changes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pokediff.config import Params
+from pokediff.evaluation.evaluator import FIDEvaluator
+from pokediff.generation import generate
+from pokediff.pixels import make_grid, save_png
 
 EVAL_GRID = "eval_grid.png"  # the last in-training sample grid (also logged to MLflow as samples/)
 
@@ -55,10 +58,6 @@ def in_training_evaluator(params: Params, tracker: Any, eval_log: EvalLog) -> Ca
     (score.ref_stats) are missing. `tracker`: a TrainingRun (the sample grid goes to MLflow) or None."""
     if not params.train.eval_every:
         return None
-    from pokediff.evaluation import FIDEvaluator
-    from pokediff.imaging import make_grid, save_png
-    from pokediff.sampling import generate
-
     ref = Path(params.score.ref_stats)
     if not ref.exists():
         print(f"pokediff train: {ref} missing; in-training FID disabled (run `pokediff ref-stats` first)")

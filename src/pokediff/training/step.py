@@ -16,9 +16,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pokediff.config import DiffusionConfig, TrainConfig
-from pokediff.data.images import from_uint8
 from pokediff.devices import autocast_for
 from pokediff.diffusion import NoiseSchedule, diffusion_loss, min_snr_weight, q_sample, training_target
+from pokediff.pixels import from_uint8
 from pokediff.training import distributed as ddp
 from pokediff.training.ema import EMA
 from pokediff.training.lr import warmup_cosine

@@ -1,6 +1,7 @@
-"""Batch generation glue: load a trained model (file or MLflow registry) and write sample images.
+"""Batch generation: images from a trained model, in batches, reproducibly, optionally saved as PNGs.
 
-The math lives in pokediff.diffusion; this module only batches, seeds, converts and saves.
+The math lives in pokediff.diffusion (``reverse_process``); this module only batches, seeds, converts
+and saves. Used by `pokediff sample`, the in-training FID and the served model's requests.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from torch import nn
 
 from pokediff.config import DiffusionConfig, SampleConfig
 from pokediff.devices import autocast_for
-from pokediff.diffusion import NoiseSchedule, make_sampler, sample
-from pokediff.imaging import make_grid, save_grid, save_png, save_pngs, to_uint8
+from pokediff.diffusion import NoiseSchedule, make_sampler, reverse_process
+from pokediff.pixels import make_grid, save_grid, save_png, save_pngs, to_uint8
 
 
 @dataclass
@@ -24,27 +25,6 @@ class Generated:
     steps: int
     spacing: str
     paths: list[Path]
-
-
-def load_for_sampling(checkpoint: str | None = None, model_uri: str | None = None, *, use_ema: bool = True,
-                      device: str | None = None) -> tuple[nn.Module, DiffusionConfig, str]:
-    """(model in eval mode on device, its diffusion config, a description of where it came from).
-
-    checkpoint: a model file (model.safetensors) or a training checkpoint (checkpoints/last.pt); both
-    are read without unpickling code (training.checkpoint)."""
-    from pokediff.training import load_model, resolve_device
-
-    dev = resolve_device(device)
-    if model_uri:
-        from pokediff.tracking import load_registered_model
-
-        # Only the version's safetensors weights are downloaded (to a temporary directory, removed again).
-        model, _, diffusion_cfg, step = load_registered_model(model_uri, use_ema=use_ema, device=dev)
-        return model, diffusion_cfg, f"{model_uri} (step {step})"
-    if not checkpoint:
-        raise ValueError("give a checkpoint path or a model URI")
-    model, _, diffusion_cfg, step = load_model(checkpoint, use_ema=use_ema, device=dev)
-    return model, diffusion_cfg, f"{checkpoint} (step {step})"
 
 
 Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, C, R, R), t (B,)) -> prediction
@@ -101,8 +81,8 @@ def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, cfg: SampleConfig
     with autocast_for(device, precision):
         while done < cfg.num_images:
             n = min(cfg.batch_size, cfg.num_images - done)
-            x = sample(network, sched, (n, ch, res, res), sampler, generator=generator, device=device,
-                       callback=record if (done == 0 and strip_path) else None)
+            x = reverse_process(network, sched, (n, ch, res, res), sampler, generator=generator, device=device,
+                                callback=record if (done == 0 and strip_path) else None)
             images = to_uint8(x).cpu()
             if images_dir is not None:
                 paths += save_pngs(images, images_dir, start=done)

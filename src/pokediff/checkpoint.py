@@ -1,22 +1,28 @@
-"""Checkpoints and model files: written atomically, holding only tensors and plain data.
+"""The model-file format: model.safetensors and the training checkpoint, written atomically, read
+without running code.
+
+Its own module beside models/ because four places read it (training saves and resumes, `pokediff
+sample` loads, the registry logs, the served model loads) and each of them must get it without the
+others: importing it loads the U-Net and the typed configs, never the training loop, MLflow or the
+samplers.
 
 Two kinds of file:
     training checkpoint  (checkpoints/last.pt): model, EMA, optimizer, LR scheduler, step, every RNG
-                         state (as uint8 tensors) and the configs (as dicts). ``torch.save`` of tensors,
-                         dicts, lists and numbers only, read back with ``torch.load(weights_only=True)``:
-                         its restricted unpickler builds no other object, so the file cannot run code.
-                         ``train(resume=True)`` continues from it.
+                         state (as uint8 tensors), the configs (as dicts) and the run's fingerprint.
+                         ``torch.save`` of tensors, dicts, lists and numbers only, read back with
+                         ``torch.load(weights_only=True)``: its restricted unpickler builds no other
+                         object, so the file cannot run code. ``TrainingState`` saves and restores it;
+                         checkpoints/last.json beside it (step, fingerprint) decides whether to resume
+                         without loading the large file.
     model file           (model.safetensors): EMA and raw weights as safetensors (a JSON header + raw
                          bytes; no pickle at all), with the format tag, step and the model + diffusion
-                         configs as JSON in the header's metadata. What sampling and the MLflow registry
-                         use; one self-contained file, so weights and config cannot drift apart.
+                         configs as JSON in the header's metadata. What sampling, the MLflow registry
+                         and the served model read; one self-contained file, so weights and config
+                         cannot drift apart.
 
-Files of the first format (``pokediff-*-v1``, whole pickles read with ``weights_only=False``) and any
-other pickle are refused, without unpickling them, with a message naming the explicit conversion
-``pokediff convert-checkpoint --trust OLD NEW`` (the only place that unpickles; see ``convert_legacy``).
-
-Atomic write: save to a temporary file in the same directory, fsync, then os.replace. A crash
-mid-write leaves the previous file intact; a reader never sees a half-written checkpoint.
+Any other pickle is refused without being unpickled. Atomic write: save to a temporary file in the
+same directory, fsync, then os.replace; a crash mid-write leaves the previous file intact and a
+reader never sees a half-written checkpoint.
 """
 
 from __future__ import annotations
@@ -28,18 +34,24 @@ import pickle
 import struct
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
 
 from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
-from pokediff.errors import PokediffError, UsageError, shorten
+from pokediff.errors import PokediffError, shorten
+from pokediff.models.unet import UNet
+from pokediff.pixels import update_pixel_hash
 
 CHECKPOINT_FORMAT = "pokediff-checkpoint-v2"
 MODEL_FORMAT = "pokediff-model-v2"
-LEGACY_FORMATS = ("pokediff-checkpoint-v1", "pokediff-model-v1")
-MODEL_FILE_NAME = "model.safetensors"
+MODEL_FILE_NAME = "model.safetensors"  # in train.out_dir
+CHECKPOINT_FILE = Path("checkpoints") / "last.pt"  # in train.out_dir
 
 # Our safetensors headers hold a few hundred tensor entries and the configs (~100 KB for the GPU
 # recipe); a header claiming more than this is not one of ours and is not parsed.
@@ -52,12 +64,7 @@ class CheckpointError(PokediffError, RuntimeError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """A pickled checkpoint (old format, or not pokediff's) that is refused without being unpickled."""
-
-
-def convert_hint(path: str | Path) -> str:
-    return (f"if you made it or trust its source, convert it once with "
-            f"`pokediff convert-checkpoint --trust {path} NEW`")
+    """A pickle holding Python objects (not pokediff's format), refused without being unpickled."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,8 +101,6 @@ def save_model_file(path: str | Path, model_state: dict[str, torch.Tensor], ema_
                     model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, step: int) -> Path:
     """model.safetensors: tensors ``ema.<name>`` and ``model.<name>`` (each state dict entry, on CPU,
     contiguous) + metadata {format, step, config: JSON {"model": ..., "diffusion": ...}}."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for prefix, state in (("model", model_state), ("ema", ema_state or {})):
@@ -111,7 +116,36 @@ def save_model_file(path: str | Path, model_state: dict[str, torch.Tensor], ema_
         "config": json.dumps({"model": model_cfg.model_dump(mode="json"),
                               "diffusion": diffusion_cfg.model_dump(mode="json")}, sort_keys=True),
     }
-    return _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, tmp, metadata=metadata)
+        _sort_safetensors_metadata(tmp)
+
+    return _atomic_write(path, write)
+
+
+def _sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite the header's ``__metadata__`` with its keys sorted, in place.
+
+    safetensors writes that map in Rust hash order, which changes from process to process: the same
+    weights would give a file with other bytes (and another DVC md5) on every run. The header keeps its
+    length (the same characters in another order), so only those bytes change; when re-encoding the
+    header does not reproduce safetensors' own bytes exactly, the file is left as it is."""
+    with path.open("rb+") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        raw = f.read(length)
+        text = raw.decode("utf-8").rstrip(" ")  # safetensors pads the header with spaces to 8 bytes
+        header = json.loads(text)
+        if _compact_json(header) != text:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        header = {"__metadata__": header.pop("__metadata__"), **header}
+        f.seek(8)
+        f.write(_compact_json(header).encode("utf-8").ljust(length, b" "))
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def write_sidecar(checkpoint: Path, info: dict) -> None:
@@ -140,10 +174,8 @@ def run_fingerprint(images: torch.Tensor, model_cfg: ModelConfig, diffusion_cfg:
         "diffusion": diffusion_cfg.model_dump(mode="json"),
         "train": train_cfg.weight_settings(),
     }
-    from pokediff.data.images import update_pixel_hash  # local: keeps checkpoint reading free of the data package
-
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    update_pixel_hash(h, images)  # (N, 3, R, R) uint8: shape, then bytes (values of existing runs unchanged)
+    update_pixel_hash(h, images)  # (N, 3, R, R) uint8: shape, then bytes
     return h.hexdigest()
 
 
@@ -175,8 +207,8 @@ def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dic
         return _load_safetensors(path, map_location)
     if kind == "pickle":
         raise UnsafeCheckpointError(
-            f"{path}: a bare pickle (old pokediff format or not pokediff's); it could run code when loaded, "
-            f"so it is refused; {convert_hint(path)}")
+            f"{path}: a bare pickle, not a pokediff checkpoint or model file; unpickling it could run code, "
+            "so it is refused")
     if kind != "torch-zip":
         raise CheckpointError(f"{path}: not a readable checkpoint (neither safetensors nor a torch checkpoint)")
     try:
@@ -184,22 +216,17 @@ def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dic
     except pickle.UnpicklingError:
         # weights_only=True found an object other than tensors / plain data: a pickle we will not run.
         raise UnsafeCheckpointError(
-            f"{path}: holds pickled Python objects (old pokediff format or not pokediff's); they could run "
-            f"code when loaded, so the file is refused; {convert_hint(path)}") from None
+            f"{path}: holds pickled Python objects, not a pokediff checkpoint; they could run code when "
+            "loaded, so the file is refused") from None
     except Exception as exc:  # noqa: BLE001 - a truncated zip, a bad record: the same thing to the user
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
                               f"{shorten(str(exc), 200)})") from None
-    fmt = obj.get("format") if isinstance(obj, dict) else None
-    if fmt in LEGACY_FORMATS:
-        raise UnsafeCheckpointError(f"{path}: old checkpoint format {fmt}; {convert_hint(path)}")
-    if fmt != CHECKPOINT_FORMAT:
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a pokediff checkpoint or model file")
     return obj
 
 
 def _load_safetensors(path: Path, map_location: str | torch.device) -> dict:
-    from safetensors import SafetensorError, safe_open
-
     with path.open("rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
     if header_len > MAX_SAFETENSORS_HEADER:
@@ -235,8 +262,6 @@ def load_model(path: str | Path, *, use_ema: bool = True, device: str | torch.de
     """Rebuild the exact network from a checkpoint or model file, with no other file needed.
 
     Returns (model in eval mode, ModelConfig, DiffusionConfig, step)."""
-    from pokediff.models import UNet  # local: keeps this module importable without building models
-
     obj = load_file(path)
     try:
         model_cfg = ModelConfig.model_validate(obj["config"]["model"])
@@ -262,70 +287,96 @@ def load_model(path: str | Path, *, use_ema: bool = True, device: str | torch.de
 
 
 # ----------------------------------------------------------------------------------------------
-# Converting old (pickled) files: the one place that unpickles, and only with --trust
+# The full training state: what `train(resume=True)` continues from
 # ----------------------------------------------------------------------------------------------
-def _plain(value: Any, where: str) -> Any:
-    """Copy of a v1 payload made of what weights_only=True accepts: tensors, dicts, lists, tuples, str,
-    numbers, bools, None (numpy arrays become tensors, torch's version string a str)."""
-    import numpy as np
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
 
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(value.copy())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, str):
-        return str(value)  # also TorchVersion (a str subclass) -> str
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, dict):
-        return {(_plain(k, where) if not isinstance(k, str) else str(k)): _plain(v, f"{where}.{k}")
-                for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return items if isinstance(value, list) else tuple(items)
-    raise CheckpointError(f"cannot convert: {where} holds a {shorten(type(value).__qualname__, 60)}, "
-                          "not tensors or plain data")
+    def load_state_dict(self, state: dict) -> Any: ...
 
 
-def convert_legacy(old: str | Path, new: str | Path, *, trust: bool) -> dict:
-    """Convert a v1 (pickled) checkpoint or model file into the safe formats.
+@dataclass
+class TrainingState:
+    """The live objects of a training run whose states a training checkpoint holds.
 
-    NEW ending in .safetensors: a model file (from either kind). Otherwise a v2 training checkpoint
-    (needs a training checkpoint). Unpickling OLD runs whatever code it holds: ``trust`` must be True,
-    which the CLI sets only for ``--trust``. Returns {"format", "step", "path"}."""
-    old, new = Path(old), Path(new)
-    if not trust:
-        raise UsageError(f"{old}: converting unpickles the file, which runs any code it holds; "
-                         "add --trust if you made it or trust its source")
-    if not old.is_file():
-        raise CheckpointError(f"{old}: no such checkpoint file")
-    if new.exists():
-        raise UsageError(f"{new}: already exists; give a new path (nothing is overwritten)")
-    try:
-        obj = torch.load(old, map_location="cpu", weights_only=False)  # the explicit, trusted opt-in
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{old}: not a readable checkpoint ({type(exc).__name__}: "
-                              f"{shorten(str(exc), 200)})") from None
-    fmt = obj.get("format") if isinstance(obj, dict) else None
-    if fmt not in (*LEGACY_FORMATS, CHECKPOINT_FORMAT):
-        raise CheckpointError(f"{old}: not a pokediff checkpoint or model file (format {shorten(fmt, 60)})")
-    if new.suffix == ".safetensors":
-        model_cfg = ModelConfig.model_validate(obj["config"]["model"])
-        diffusion_cfg = DiffusionConfig.model_validate(obj["config"]["diffusion"])
-        save_model_file(new, obj["model"], obj.get("ema"), model_cfg, diffusion_cfg, int(obj["step"]))
-        load_file(new)  # proves the result reads back safely
-        return {"format": MODEL_FORMAT, "step": int(obj["step"]), "path": new}
-    if fmt == "pokediff-model-v1":
-        raise UsageError(f"{old}: a model file converts to a .safetensors file, not {new.name}")
-    payload = _plain(obj, "checkpoint")
-    payload["format"] = CHECKPOINT_FORMAT
-    atomic_torch_save(payload, new)
-    try:
-        load_file(new)
-    except CheckpointError:
-        new.unlink(missing_ok=True)  # ours, just written: do not leave a file that cannot be resumed from
-        raise
-    return {"format": CHECKPOINT_FORMAT, "step": int(payload["step"]), "path": new}
+    Restoring them all (weights, EMA, AdamW moments, LR schedule position, the batch generator and
+    torch's global RNG used by dropout) makes a resumed run replay the uninterrupted one exactly."""
 
+    model: nn.Module  # the raw module (not the DDP / compiled wrapper): its state dict is the weights
+    ema: Stateful | None  # training.ema.EMA on the main rank, None on the others
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator  # draws every batch: indices, flips, timesteps, noise
+    model_cfg: ModelConfig
+    diffusion_cfg: DiffusionConfig
+    train_cfg: TrainConfig
+    fingerprint: str | None = None  # see run_fingerprint: what auto-resume compares
+
+    def save(self, path: Path, step: int) -> Path:
+        """Write the checkpoint (atomically) and its sidecar; the EMA must be present (main rank)."""
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "rng": _rng_state(self.generator),
+            "config": {
+                "model": self.model_cfg.model_dump(mode="json"),
+                "diffusion": self.diffusion_cfg.model_dump(mode="json"),
+                "train": self.train_cfg.model_dump(mode="json"),
+            },
+            "torch_version": str(torch.__version__),  # a plain str: weights_only=True refuses TorchVersion
+            "fingerprint": self.fingerprint,
+        }
+        atomic_torch_save(payload, path)
+        # A small sidecar, so deciding whether to resume does not mean loading a large checkpoint.
+        write_sidecar(path, {"step": step, "fingerprint": self.fingerprint})
+        return path
+
+    def restore(self, path: Path) -> int:
+        """Load every state from the checkpoint at ``path``; returns its step. CheckpointError when it
+        is not a training checkpoint or was made with another model/diffusion config."""
+        ckpt = load_file(path, map_location=self.generator.device)
+        _check_resumable(ckpt, self.model_cfg, self.diffusion_cfg, path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        _set_rng_state(ckpt["rng"], self.generator)
+        return int(ckpt["step"])
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if generator.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(generator.device)
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if generator.device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], generator.device)
+
+
+def _check_resumable(ckpt: dict, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, path: Path) -> None:
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: a model file, not a training checkpoint; cannot resume from it")
+    saved = {"model": ckpt["config"]["model"], "diffusion": ckpt["config"]["diffusion"]}
+    wanted = {"model": model_cfg.model_dump(mode="json"), "diffusion": diffusion_cfg.model_dump(mode="json")}
+    diffs = [
+        f"{section}.{key}: checkpoint {saved[section].get(key)!r} vs params {value!r}"
+        for section, values in wanted.items()
+        for key, value in values.items()
+        if saved[section].get(key) != value
+    ]
+    if diffs:
+        raise CheckpointError(  # one line: the CLI prints it as the error
+            f"{path}: cannot resume, the model/diffusion config differs from the checkpoint's: "
+            + "; ".join(diffs)
+            + ". Start a fresh run (without --resume) or restore the original params."
+        )

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -30,15 +31,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pokediff.config import ModelConfig, TrainConfig
 from pokediff.errors import PokediffError
+from pokediff.models import UNet
 
 # Bytes per parameter that live for the whole run: weight, gradient, AdamW's two moments, EMA copy.
 BYTES_PER_PARAMETER = 5 * 4
 # Peak activation memory / bytes produced by one fp32 forward pass. CPU: fitted to the peak RSS of real
 # training steps of 4 U-Nets (0.2 M to 64.6 M parameters, batch 8 to 64): the per-image slope was 1.06x
-# (1.6 M model) to 1.18x (64.6 M) the forward bytes (the backward pass holds gradient buffers while the
-# activations are freed); 1.2 keeps the estimate within 0.92x-1.10x of every measurement and above it
-# for the large models (notes: wip-errors.md). CUDA runs under bf16 autocast, so most saved activations
-# are half size; 0.8 is a conservative guess, not a measurement (no GPU was available).
+# (1.6 M model) to 1.10x (64.6 M) the forward bytes counted here (the backward pass holds gradient
+# buffers while the activations are freed); 1.2 keeps the estimate above every measurement. CUDA runs
+# under bf16 autocast, so most saved activations are half size; 0.8 is a conservative guess, not a
+# measurement (no GPU was available).
 ACTIVATION_FACTOR = {"cpu": 1.2, "cuda": 0.8}
 # Fixed cost of a training process beyond its tensors: allocator slack, kernels' scratch space, the
 # checkpoint writer (CPU: fitted with the factor above; CUDA: context and cuDNN workspace, a guess).
@@ -69,8 +71,6 @@ class MemoryEstimate:
 
 
 def _meta_unet(model_cfg: ModelConfig) -> torch.nn.Module:
-    from pokediff.models import UNet
-
     with torch.device("meta"):  # parameters have shapes but no storage: a 64.6 M model in ~50 ms
         return UNet(model_cfg)
 
@@ -106,11 +106,6 @@ class _FusedAttention(TorchFunctionMode):
         self.counter = counter
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is torch.arange and kwargs and str(kwargs.get("device")) == "meta":
-            # The meta arange goes through a Python decomposition whose first call imports torch._dynamo
-            # (~2 s); only its shape matters here. (The timestep embedding: arange(half).)
-            n = args[-1] if len(args) == 1 else args[1] - args[0]
-            return torch.empty(int(n), device="meta", dtype=kwargs.get("dtype") or torch.int64)
         if func is F.scaled_dot_product_attention:
             q, v = args[0], args[2]
             out = torch.empty((*q.shape[:-1], v.shape[-1]), device=q.device, dtype=q.dtype)
@@ -120,57 +115,10 @@ class _FusedAttention(TorchFunctionMode):
 
 
 def forward_bytes_per_sample(model_cfg: ModelConfig) -> int:
-    """Bytes of the tensors one fp32 training forward pass produces for one image, from the config.
-
-    Follows UNet.forward block by block (C channels, N = H*W positions of the block's feature map).
-    tests/test_memory.py checks it against ``traced_forward_bytes_per_sample``, which counts every op
-    of the real forward on the meta device (exact, but its first call costs ~2 s of imports)."""
-    cfg, f32 = model_cfg, 4
-    drop = (f32 + 1) if cfg.dropout > 0 else 0  # dropout keeps its output and a bool mask
-
-    def res_block(c_in: int, c_out: int, n: int) -> int:
-        # norm1, silu (c_in); conv1, norm2, *(1+scale), +shift, silu, conv2, +skip (c_out); 1x1 skip conv
-        return (2 * c_in * n + 7 * c_out * n + (c_out * n if c_in != c_out else 0)) * f32 + drop * c_out * n
-
-    def attention(c: int, n: int) -> int:
-        heads = max(1, c // cfg.head_channels)
-        # norm, qkv (3c), fused attention output + log-sum-exp, head merge copy, proj, +x
-        return (8 * c * n + heads * n) * f32
-
-    base, res = cfg.base_channels, cfg.resolution
-    total = base * res * res * f32  # conv_in
-    skips, cur = [base], base
-    for i, mult in enumerate(cfg.channel_mults):
-        out, n = base * mult, res * res
-        for _ in range(cfg.num_res_blocks):
-            total += res_block(cur, out, n) + (attention(out, n) if res in cfg.attention_resolutions else 0)
-            cur = out
-            skips.append(cur)
-        if i < len(cfg.channel_mults) - 1:
-            res //= 2
-            total += cur * res * res * f32  # strided conv
-            skips.append(cur)
-    n = res * res
-    total += 2 * res_block(cur, cur, n) + attention(cur, n)  # middle
-    for i, mult in reversed(list(enumerate(cfg.channel_mults))):
-        out, n = base * mult, res * res
-        for _ in range(cfg.num_res_blocks + 1):
-            c_in = cur + skips.pop()
-            total += c_in * n * f32 + res_block(c_in, out, n)  # torch.cat, then the block
-            total += attention(out, n) if res in cfg.attention_resolutions else 0
-            cur = out
-        if i > 0:
-            res *= 2
-            total += 2 * cur * res * res * f32  # nearest upsample, conv
-    n = res * res
-    total += (2 * cur * n + cfg.in_channels * n) * f32  # norm_out, silu, conv_out
-    # time embedding: sinusoid + MLP (tiny), and per block its FiLM projection
-    total += 12 * base * f32
-    return total
-
-
-def traced_forward_bytes_per_sample(model_cfg: ModelConfig) -> int:
-    """Bytes of all tensors one fp32 forward pass produces for one image (shapes only, on "meta")."""
+    """Bytes of all tensors one fp32 training forward pass produces for one image: UNet.forward itself
+    runs on the "meta" device (shapes only, nothing allocated) under a counter of every op's outputs,
+    so the count follows the network whatever unet.py becomes. Costs 0.1 s (small CPU configuration)
+    to 0.3 s (the 64.6 M-parameter recipe) after torch's first-use imports, which training pays anyway."""
     model = _meta_unet(model_cfg)
     R = model_cfg.resolution
     x = torch.empty(1, model_cfg.in_channels, R, R, device="meta")
@@ -205,8 +153,6 @@ def available_memory(device: str | torch.device) -> int:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    import psutil
-
     free = int(psutil.virtual_memory().available)
     limited = _cgroup_free()
     return free if limited is None else min(free, limited)

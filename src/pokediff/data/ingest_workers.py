@@ -1,4 +1,5 @@
-"""Raw file bytes -> encoded square frames, in this process or in a pool of worker processes.
+"""Ingest's decoding work: raw file bytes -> square frames as PNG bytes with their manifest statistics,
+in this process or in a pool of worker processes.
 
 Workers are started with "spawn", not "fork": the caller may have torch (and its thread pools)
 loaded, and this module imports only Pillow/numpy and the typed config (pydantic), so a worker starts
@@ -22,14 +23,11 @@ import numpy as np
 from tqdm import tqdm
 
 from pokediff.config import DataConfig
-from pokediff.data.images import (
-    BadImageError,
-    decode_frames,
-    encode_png,
-    pixel_stats,
-    to_square_frames,
-)
+from pokediff.data.decode import decode_frames, to_square_frames
+from pokediff.data.manifest import pixel_stats
+from pokediff.data.raster import BadImageError
 from pokediff.errors import PokediffError
+from pokediff.pixels import encode_png
 
 # Files per task sent to a worker process, and tasks in flight per worker (bounds memory: the
 # source is streamed, not loaded whole).

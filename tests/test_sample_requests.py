@@ -1,4 +1,4 @@
-"""Served sampling requests are validated and bounded before any work (pokediff.serving)."""
+"""Served sampling requests are validated and bounded before any work (pokediff.sample_requests)."""
 
 import base64
 import io
@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pokediff.serving import RequestError, parse_requests, png_base64
+from pokediff.pixels import save_png
+from pokediff.sample_requests import RequestError, parse_requests, png_base64
 
 
 def test_requests_parse_with_optional_eta_and_dataframe_numbers():
@@ -45,7 +46,11 @@ def test_calls_are_bounded():
         parse_requests([], timesteps=10)
 
 
-def test_png_base64_round_trips():
+def test_png_base64_round_trips_with_the_sample_files_bytes(tmp_path):
+    """Served answers carry the bytes `pokediff sample` writes for the same pixels: one PNG encoder."""
     img = torch.randint(0, 256, (3, 8, 6), dtype=torch.uint8)
-    back = np.asarray(Image.open(io.BytesIO(base64.b64decode(png_base64(img)))))
-    assert np.array_equal(back, img.permute(1, 2, 0).numpy())
+    served = base64.b64decode(png_base64(img))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(served))), img.permute(1, 2, 0).numpy())
+    assert served == save_png(img, tmp_path / "000000.png").read_bytes()
+    grey = img[:1]
+    assert base64.b64decode(png_base64(grey)) == save_png(grey, tmp_path / "grey.png").read_bytes()

@@ -1,4 +1,4 @@
-"""Sampling requests for the served model: validate a request, generate, return PNGs as base64.
+"""The served model's sampling requests: parse and bound them, generate, answer with base64 PNGs.
 
 A request row (one per image batch asked for; JSON, e.g. ``{"dataframe_records": [row, ...]}`` to
 ``mlflow models serve``'s /invocations):
@@ -8,25 +8,25 @@ A request row (one per image batch asked for; JSON, e.g. ``{"dataframe_records":
 answer: one row per image, ``{"request": i, "image": j, "png_base64": "<base64 of a PNG>"}``.
 
 Requests are bounded (images per call, rows, steps <= the model's timesteps), so one call cannot ask
-the server for unbounded memory or time. No mlflow import here: the MLflow wrapper is
-pokediff/tracking/pyfunc_model.py.
+the server for unbounded memory or time. No mlflow import here: the MLflow wrapper that calls
+``answer`` is pokediff/tracking/pyfunc_model.py.
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import math
 import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 
 from pokediff.choices import ETA_SAMPLERS, SAMPLERS
 from pokediff.config import DiffusionConfig, SampleConfig
+from pokediff.generation import generate
+from pokediff.pixels import encode_png, to_pil
 
 MAX_IMAGES_PER_CALL = 64  # summed over the rows of one call
 MAX_ROWS_PER_CALL = 16
@@ -76,17 +76,12 @@ def parse_requests(rows: Iterable[Mapping[str, Any]], timesteps: int) -> list[Sa
 
 
 def png_base64(image: torch.Tensor) -> str:
-    """uint8 (C, H, W) -> base64 text of a PNG (no metadata)."""
-    array = image.permute(1, 2, 0).cpu().numpy()
-    buf = io.BytesIO()
-    Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    """uint8 (C, H, W) -> base64 text of its PNG (pokediff.pixels.encode_png: the sample files' bytes)."""
+    return base64.b64encode(encode_png(to_pil(image))).decode("ascii")
 
 
 def answer(model: nn.Module, diffusion_cfg: DiffusionConfig, rows: Iterable[Mapping[str, Any]]) -> list[dict]:
     """Generate the images of every request row; [{"request", "image", "png_base64"}, ...]."""
-    from pokediff.sampling import generate
-
     configs = parse_requests(rows, diffusion_cfg.timesteps)
     out = []
     for i, cfg in enumerate(configs):
