@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pokediff.data.fetch import TARBALL_NAME
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 BRIDGE_SUBNET = "10.77.0"  # private: the bridge lives in its own namespace, nothing routes to it
@@ -317,7 +319,7 @@ def sprites_tarball() -> Path:
     cache = Path(os.environ.get("POKEDIFF_CACHE_DIR", Path.home() / ".cache" / "pokediff")) / "sprites"
     subprocess.run([PY, "-m", "pokediff", "fetch-data", "--params", "none", "--raw-dir", str(cache)],
                    check=True, capture_output=True)
-    return next(cache.glob("*.tgz"))
+    return cache / TARBALL_NAME  # the cache may also hold other tarballs (the Pokédex data)
 
 
 def project_checkout(dest: Path) -> Path:

@@ -205,3 +205,34 @@ def test_code_defaults_agree_with_params_yaml_but_for_the_listed_keys():
 def test_params_yaml_sets_every_key_so_no_code_default_reaches_the_main_job():
     written = set(flatten(read_yaml_file(ROOT / "params.yaml")))
     assert written == set(Params().to_flat_dict())
+
+
+def _float_keys() -> list[str]:
+    """Every params key holding a float or floats (lr, betas, eta, ...), from the typed config itself, so a
+    float key added later is covered too."""
+    defaults = flatten(Params().model_dump(by_alias=True, mode="json"))
+    return sorted(k for k, v in defaults.items()
+                  if isinstance(v, float) or (isinstance(v, list) and v and all(isinstance(x, float) for x in v)))
+
+
+def test_the_float_keys_are_found():
+    assert {"train.lr", "train.betas", "train.grad_clip", "train.ema_decay", "train.weight_decay", "sample.eta",
+            "diffusion.min_snr_gamma", "model.dropout"} <= set(_float_keys())
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+@pytest.mark.parametrize("key", _float_keys())
+def test_inf_and_nan_are_refused_for_every_float_key(key, value):
+    # On main train.lr=.inf (and most other keys) passed and training wrote NaN weights.
+    default = flatten(Params().model_dump(by_alias=True, mode="json"))[key]
+    raw = f"[{','.join([value] + [str(x) for x in default[1:]])}]" if isinstance(default, list) else value
+    message = _error(None, [f"{key}={raw}"])
+    assert key in message and ("finite number" in message or "must be in" in message), message
+
+
+@pytest.mark.parametrize("key", ["train.seed", "sample.seed", "score.seed"])
+def test_seeds_are_range_checked(key):
+    # On main a seed beyond 64 bits passed validation and failed later with an overflow traceback.
+    assert f"{key}: Input should be greater than or equal to 0 (got -1)" in _error(None, [f"{key}=-1"])
+    assert f"{key}: Input should be less than or equal to {2**63 - 1}" in _error(None, [f"{key}={2**64}"])
+    assert load_params(DEFAULTS, [f"{key}={2**63 - 1}"])  # the largest seed is fine

@@ -20,31 +20,42 @@ Two kinds of file:
                          and the served model read; one self-contained file, so weights and config
                          cannot drift apart.
 
-Any other pickle is refused without being unpickled. Atomic write: save to a temporary file in the
-same directory, fsync, then os.replace; a crash mid-write leaves the previous file intact and a
-reader never sees a half-written checkpoint.
+Any other pickle is refused without being unpickled. Atomic write (pokediff.files): save to a
+temporary file in the same directory, fsync, then os.replace; a crash mid-write leaves the previous
+file intact and a reader never sees a half-written checkpoint. Nothing holding NaN or inf (weights,
+EMA, optimizer moments) is written (``check_finite``): a checkpoint on disk is always a good state.
+
+Reading allocates only what the file's own config needs, checked before any tensor is read: the config
+is range-checked like params (config.ModelConfig bounds every key), the U-Net it describes is built on
+the "meta" device (shapes only) and its parameter count bounded (MAX_MODEL_PARAMETERS); a model file's
+tensor shapes (from the safetensors header) must be exactly those; a checkpoint (a zip written by
+torch.save) must hold only stored, uncompressed entries (a deflated entry inflates to whatever its
+header declares: 4 MB of file became 4.8 GB), a pickle of at most MAX_CHECKPOINT_PICKLE_BYTES (read
+first with every tensor on the meta device) and at most the tensor bytes its config accounts for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import math
 import pickle
 import struct
-import tempfile
-from collections.abc import Callable
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
+from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig, format_errors
 from pokediff.errors import PokediffError, shorten
+from pokediff.files import atomic_write, write_atomic
+from pokediff.limits import read_json_text, read_small_json, zip_directory_size
 from pokediff.models.unet import UNet
 from pokediff.pixels import update_pixel_hash
 
@@ -57,10 +68,25 @@ CHECKPOINT_FILE = Path("checkpoints") / "last.pt"  # in train.out_dir
 # recipe); a header claiming more than this is not one of ours and is not parsed.
 MAX_SAFETENSORS_HEADER = 16 * 2**20
 MAX_METADATA_VALUE = 2**20
+# A U-Net larger than this is not one pokediff trains (the GPU recipe has 64.6 M parameters).
+MAX_MODEL_PARAMETERS = 2_000_000_000
+# torch.save's zip: our checkpoints hold ~1,500 entries and a pickle of a few hundred KB.
+MAX_CHECKPOINT_DIRECTORY_BYTES = 4 << 20
+MAX_CHECKPOINT_PICKLE_BYTES = 64 << 20
+# A checkpoint's tensors: model, EMA and AdamW's two moments (float32 per parameter), plus the RNG
+# states, step counters and the LR scheduler's few numbers.
+CHECKPOINT_TENSOR_COPIES = 4
+CHECKPOINT_EXTRA_BYTES = 16 << 20
+MAX_SIDECAR_BYTES = 1 << 20
 
 
 class CheckpointError(PokediffError, RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the requested run."""
+
+
+class NonFiniteStateError(CheckpointError):
+    """Weights, EMA or optimizer moments hold NaN or inf: such a state is never written as a checkpoint,
+    nor resumed from."""
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -70,23 +96,6 @@ class UnsafeCheckpointError(CheckpointError):
 # ----------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------
-def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """write(tmp) into a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """torch.save(obj) atomically. ``obj`` must hold only what weights_only=True reads back."""
 
@@ -94,7 +103,35 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write, durable=True)
+
+
+def check_finite(state: Any, path: str | Path, doing: str = "not written") -> None:
+    """NonFiniteStateError unless every floating-point tensor in ``state`` (nested dicts and lists of
+    tensors, e.g. {"model": ..., "ema": ..., "optimizer": ...}) is finite. One host sync for all of them.
+    ``doing`` words the message: "<path>: <doing>: N non-finite value(s) ..."."""
+    tensors: list[tuple[str, torch.Tensor]] = []
+
+    def collect(value: Any, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() or value.is_complex():
+                tensors.append((where, value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                collect(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                collect(item, f"{where}[{i}]")
+
+    collect(state, "")
+    if not tensors:
+        return
+    with torch.no_grad():
+        bad = torch.stack([(~torch.isfinite(t.detach())).sum() for _, t in tensors]).cpu()  # one sync
+    if int(bad.sum()):
+        first = next(where for (where, _), n in zip(tensors, bad.tolist()) if n)
+        raise NonFiniteStateError(f"{path}: {doing}: {int(bad.sum())} non-finite value(s) (NaN or inf), the first "
+                                  f"in {first}")
 
 
 def save_model_file(path: str | Path, model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor] | None,
@@ -121,7 +158,8 @@ def save_model_file(path: str | Path, model_state: dict[str, torch.Tensor], ema_
         save_file(tensors, tmp, metadata=metadata)
         _sort_safetensors_metadata(tmp)
 
-    return _atomic_write(path, write)
+    check_finite({"model": model_state, "ema": ema_state or {}}, path)
+    return atomic_write(path, write, durable=True)
 
 
 def _sort_safetensors_metadata(path: Path) -> None:
@@ -150,17 +188,16 @@ def _compact_json(value: Any) -> str:
 
 def write_sidecar(checkpoint: Path, info: dict) -> None:
     """checkpoints/last.json next to last.pt: step and fingerprint, written atomically."""
-    sidecar = checkpoint.with_suffix(".json")
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps(info) + "\n")
-    os.replace(tmp, sidecar)
+    write_atomic(checkpoint.with_suffix(".json"), json.dumps(info) + "\n")
 
 
 def read_sidecar(checkpoint: Path) -> dict:
+    """checkpoints/last.json, or {} when it is missing or not what `write_sidecar` writes."""
     try:
-        return json.loads(checkpoint.with_suffix(".json").read_text())
+        info = read_small_json(checkpoint.with_suffix(".json"), MAX_SIDECAR_BYTES)
     except (OSError, ValueError):
         return {}
+    return info if isinstance(info, dict) else {}
 
 
 def run_fingerprint(images: torch.Tensor, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig,
@@ -198,7 +235,9 @@ def _sniff(path: Path) -> str:
 
 def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a training checkpoint or model file into one dict shape:
-    {"format", "step", "config": {"model", "diffusion"[, "train"]}, "model", "ema"[, optimizer, ...]}."""
+    {"format", "step", "config": {"model", "diffusion"[, "train"]}, "model", "ema"[, optimizer, ...]}.
+
+    What the file declares is checked before its tensors are read (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -211,6 +250,11 @@ def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dic
             "so it is refused")
     if kind != "torch-zip":
         raise CheckpointError(f"{path}: not a readable checkpoint (neither safetensors nor a torch checkpoint)")
+    _check_torch_zip(path)
+    return _torch_load(path, map_location)
+
+
+def _torch_load(path: Path, map_location: str | torch.device) -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -224,6 +268,70 @@ def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a pokediff checkpoint or model file")
     return obj
+
+
+def _check_torch_zip(path: Path) -> None:
+    """Refuse a torch.save zip whose entries, pickle or tensor bytes exceed what its config needs,
+    before any tensor is read (the pickle is read with every tensor on the meta device)."""
+    try:
+        with path.open("rb") as handle:
+            _, directory_bytes = zip_directory_size(handle)
+        if directory_bytes > MAX_CHECKPOINT_DIRECTORY_BYTES:
+            raise CheckpointError(f"{path}: a zip directory of {directory_bytes:,} bytes, larger than a pokediff "
+                                  f"checkpoint's ({MAX_CHECKPOINT_DIRECTORY_BYTES:,} at most)")
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+                              f"{shorten(str(exc), 200)})") from None
+    compressed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise CheckpointError(f"{path}: holds compressed entries (e.g. {shorten(compressed[0], 80)}); torch.save "
+                              "writes none, and one inflates to whatever size it declares")
+    pickles = [e for e in entries if e.filename.endswith("data.pkl")]
+    if any(e.file_size > MAX_CHECKPOINT_PICKLE_BYTES for e in pickles):
+        raise CheckpointError(f"{path}: a pickle of more than {MAX_CHECKPOINT_PICKLE_BYTES:,} bytes, larger than "
+                              "a pokediff checkpoint's")
+    outline = _torch_load(path, "meta")  # every tensor on the meta device: only the pickle is read
+    parameters = 0  # a checkpoint without a config holds no model: only the small extras
+    if outline.get("config") is not None:
+        parameters = _parameter_count(file_configs(outline["config"], path)[0], path)
+    tensor_bytes = sum(e.file_size for e in entries if "/data/" in e.filename)
+    limit = CHECKPOINT_TENSOR_COPIES * 4 * parameters + CHECKPOINT_EXTRA_BYTES
+    if tensor_bytes > limit:
+        raise CheckpointError(
+            f"{path}: holds {tensor_bytes:,} bytes of tensors, more than its config's U-Net of {parameters:,} "
+            f"parameters needs ({limit:,} at most: model, EMA, two optimizer moments); not loaded")
+
+
+def file_configs(config: Any, path: Path) -> tuple[ModelConfig, DiffusionConfig]:
+    """The model and diffusion configs a file holds, range-checked like params; CheckpointError
+    (one line naming the file and the key) when they are missing or out of range."""
+    if not isinstance(config, dict) or not {"model", "diffusion"} <= set(config):
+        raise CheckpointError(f"{path}: the file's config lacks the model/diffusion sections")
+    configs = []
+    for section, kind in (("model", ModelConfig), ("diffusion", DiffusionConfig)):
+        try:
+            configs.append(kind.model_validate(config[section]))
+        except ValidationError as exc:
+            raise CheckpointError(f"{format_errors(exc, f'{path}: its {section} config')}; "
+                                  "its config does not make a pokediff U-Net") from None
+    return configs[0], configs[1]
+
+
+def _expected_shapes(model_cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every state-dict entry of UNet(model_cfg) and its shape, built on the meta device (no memory;
+    the config's bounds keep the build itself small)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in UNet(model_cfg).state_dict().items()}
+
+
+def _parameter_count(model_cfg: ModelConfig, path: Path) -> int:
+    count = sum(math.prod(shape) for shape in _expected_shapes(model_cfg).values())
+    if count > MAX_MODEL_PARAMETERS:
+        raise CheckpointError(f"{path}: its config describes a U-Net of {count:,} parameters, more than "
+                              f"{MAX_MODEL_PARAMETERS:,}; not loaded")
+    return count
 
 
 def _load_safetensors(path: Path, map_location: str | torch.device) -> dict:
@@ -241,46 +349,52 @@ def _load_safetensors(path: Path, map_location: str | torch.device) -> dict:
                                       f"(format {shorten(meta.get('format'), 60)}, expected {MODEL_FORMAT})")
             if len(meta.get("config", "")) > MAX_METADATA_VALUE:
                 raise CheckpointError(f"{path}: the config in the safetensors metadata is too large")
-            config = json.loads(meta["config"])
+            try:
+                config = read_json_text(meta.get("config", ""), f"{path}: the config in its metadata")
+            except ValueError as exc:
+                raise CheckpointError(str(exc)) from None
             step = int(meta["step"])
-            states: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}}
+            model_cfg, _ = file_configs(config, path)
+            _parameter_count(model_cfg, path)
+            wanted = _expected_shapes(model_cfg)
+            declared: dict[str, dict[str, tuple[int, ...]]] = {"model": {}, "ema": {}}
             for key in f.keys():  # noqa: SIM118 - a safe_open handle, not a dict
                 which, _, name = key.partition(".")
-                if which not in states or not name:
+                if which not in declared or not name:
                     raise CheckpointError(f"{path}: unexpected tensor {shorten(key, 80)} in a model file")
-                states[which][name] = f.get_tensor(key)
+                declared[which][name] = tuple(f.get_slice(key).get_shape())  # from the header: nothing read
+            for which in ("model", "ema"):
+                if declared[which] or which == "model":
+                    _check_shapes(declared[which], wanted, path)
+            states = {which: {name: f.get_tensor(f"{which}.{name}") for name in names}
+                      for which, names in declared.items()}
     except (SafetensorError, ValueError, KeyError, TypeError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable model file ({type(exc).__name__}: "
                               f"{shorten(str(exc), 200)})") from None
-    if not isinstance(config, dict) or not {"model", "diffusion"} <= set(config):
-        raise CheckpointError(f"{path}: the model file's config lacks the model/diffusion sections")
     return {"format": MODEL_FORMAT, "step": step, "config": config, "model": states["model"],
             "ema": states["ema"] or None}
 
 
-def load_model(path: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu"):
-    """Rebuild the exact network from a checkpoint or model file, with no other file needed.
-
-    Returns (model in eval mode, ModelConfig, DiffusionConfig, step)."""
-    obj = load_file(path)
-    try:
-        model_cfg = ModelConfig.model_validate(obj["config"]["model"])
-        diffusion_cfg = DiffusionConfig.model_validate(obj["config"]["diffusion"])
-        state = obj["ema"] if use_ema and obj.get("ema") is not None else obj["model"]
-        # The config is data from the file: check it against the tensors the file holds on the meta
-        # device (no memory), so a config describing a huge network cannot make us allocate one.
-        with torch.device("meta"):
-            want = {k: tuple(v.shape) for k, v in UNet(model_cfg).state_dict().items()}
-        have = {k: tuple(v.shape) for k, v in state.items()}
-    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:  # pydantic: ValueError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: its config does not make a pokediff U-Net ({shorten(first, 200)})") from None
+def _check_shapes(have: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]], path: Path) -> None:
     if want != have:
         wrong = sorted(k for k in want.keys() & have.keys() if want[k] != have[k])
         raise CheckpointError(
             f"{path}: its weights do not fit its config ({len(want.keys() - have.keys())} tensors missing, "
             f"{len(have.keys() - want.keys())} unexpected, {len(wrong)} of another shape"
             + (f", e.g. {shorten(wrong[0], 80)}: {have[wrong[0]]} vs {want[wrong[0]]}" if wrong else "") + ")")
+
+
+def load_model(path: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu"):
+    """Rebuild the exact network from a checkpoint or model file, with no other file needed.
+
+    Returns (model in eval mode, ModelConfig, DiffusionConfig, step)."""
+    path = Path(path)
+    obj = load_file(path)
+    model_cfg, diffusion_cfg = file_configs(obj.get("config"), path)
+    state = obj["ema"] if use_ema and obj.get("ema") is not None else obj["model"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: its weights are not a state dict")
+    _check_shapes({k: tuple(v.shape) for k, v in state.items()}, _expected_shapes(model_cfg), path)
     model = UNet(model_cfg)
     model.load_state_dict(state)
     return model.to(device).eval(), model_cfg, diffusion_cfg, int(obj["step"])
@@ -330,6 +444,7 @@ class TrainingState:
             "torch_version": str(torch.__version__),  # a plain str: weights_only=True refuses TorchVersion
             "fingerprint": self.fingerprint,
         }
+        check_finite({k: payload[k] for k in ("model", "ema", "optimizer")}, path)
         atomic_torch_save(payload, path)
         # A small sidecar, so deciding whether to resume does not mean loading a large checkpoint.
         write_sidecar(path, {"step": step, "fingerprint": self.fingerprint})
@@ -340,6 +455,8 @@ class TrainingState:
         is not a training checkpoint or was made with another model/diffusion config."""
         ckpt = load_file(path, map_location=self.generator.device)
         _check_resumable(ckpt, self.model_cfg, self.diffusion_cfg, path)
+        check_finite({k: ckpt.get(k) for k in ("model", "ema", "optimizer")}, path,
+                     "not a good state to resume from (start without --resume)")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])

@@ -9,6 +9,9 @@ or a file-system failure (missing/unreadable file, full disk) is printed as ONE 
 ``pokediff <command>: <message>``, and the exit code is the error's (1, or 2 for usage errors).
 ``pokediff --debug <command> ...`` (or POKEDIFF_DEBUG=1) prints the traceback as well. Any other
 exception is a bug and keeps its traceback.
+
+Stop signals: SIGTERM and SIGINT stop every command cleanly (pokediff.stopping): one line saying what
+was kept, exit code 128 + signum (143 / 130).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import sys
 import traceback
 
-from pokediff import env
+from pokediff import env, stopping
 from pokediff.errors import PokediffError, describe_os_error, one_line
 from pokediff.team import settings as team_settings
 
@@ -130,8 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     args = sub.parse_args(argv[1:])
     try:
         team_settings.load()  # this machine's MLflow server and logins, if it has any (team.env)
-        _resolve_params(args)
-        return int(module.run(args) or 0)
+        with stopping.handle_stop_signals():
+            _resolve_params(args)
+            return int(module.run(args) or 0)
+    except stopping.Stopped as stop:
+        if stop.message:
+            print(f"pokediff {name}: {one_line(stop.message)}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print(f"pokediff {name}: interrupted", file=sys.stderr)
         return 130

@@ -64,6 +64,9 @@ MAX_PARAMS_BYTES = 1 << 20  # params.yaml is ~3 KB; 1 MiB leaves room and bounds
 MAX_YAML_DEPTH = 32  # params nest 2 levels; deep nesting only serves to exhaust the recursion limit
 MAX_ERRORS_SHOWN = 3  # one line: the first few invalid keys, then "(+N more)"
 DEFAULTS = "none"  # --params none: the built-in defaults, no file
+# Seeds go to torch.Generator.manual_seed (64 bits) and numpy's default_rng; training adds a per-rank
+# offset to its seed, so seeds stay within 63 bits (the served model's requests use the same range).
+MAX_SEED = 2**63 - 1
 
 
 def _is_numeric(annotation: Any) -> bool:
@@ -83,8 +86,9 @@ def _contains_bool(value: Any) -> bool:
 
 
 class _Section(BaseModel):
-    # Unknown keys are errors: a typo in params.yaml must not be silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are errors: a typo in params.yaml must not be silently ignored. No float key has a
+    # use for inf or NaN (`train.lr=.inf` would train on NaN weights): they are refused everywhere.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -149,23 +153,34 @@ class ValidateConfig(_Section):
 # Model and diffusion
 # ----------------------------------------------------------------------------------------------
 class ModelConfig(_Section):
-    """U-Net noise predictor. Saved inside every checkpoint so a checkpoint rebuilds its model."""
+    """U-Net noise predictor. Saved inside every checkpoint so a checkpoint rebuilds its model.
 
-    in_channels: int = Field(3, ge=1)
-    base_channels: int = Field(64, ge=8)
-    channel_mults: tuple[int, ...] = (1, 2, 4, 8)
-    num_res_blocks: int = Field(2, ge=1)
+    Every key is bounded above as well: a model file's config is read back from the file, and building
+    the U-Net walks every level and block it names (num_res_blocks: 10,000 took 2 minutes and 2 GB
+    before the weights could be compared with it). The bounds are far above any useful 64-1024 px model."""
+
+    in_channels: int = Field(3, ge=1, le=16)
+    base_channels: int = Field(64, ge=8, le=1024)
+    channel_mults: tuple[int, ...] = (1, 2, 4, 8)  # at most 8 levels, each at most 16x base_channels
+    num_res_blocks: int = Field(2, ge=1, le=16)
     attention_resolutions: tuple[int, ...] = (16, 8)  # feature-map sizes that get self-attention
-    head_channels: int = Field(64, ge=8)  # channels per attention head
+    head_channels: int = Field(64, ge=8, le=1024)  # channels per attention head
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    resolution: int = Field(64, ge=8)  # input size; used to place attention levels
-    groups: int = Field(32, ge=1)  # GroupNorm groups (clamped to divide the channel count)
+    resolution: int = Field(64, ge=8, le=1024)  # input size; used to place attention levels
+    groups: int = Field(32, ge=1, le=1024)  # GroupNorm groups (clamped to divide the channel count)
 
     @field_validator("channel_mults")
     @classmethod
     def _positive_mults(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(m < 1 for m in v):
-            raise ValueError(f"must be a non-empty list of positive integers, got {list(v)}")
+        if not v or len(v) > 8 or any(not 1 <= m <= 16 for m in v):
+            raise ValueError("must be a list of 1 to 8 integers from 1 to 16")
+        return v
+
+    @field_validator("attention_resolutions")
+    @classmethod
+    def _few_attention_levels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) > 8 or any(not 1 <= r <= 1024 for r in v):
+            raise ValueError("must be a list of at most 8 sizes from 1 to 1024")
         return v
 
     @model_validator(mode="after")
@@ -183,7 +198,7 @@ class DiffusionConfig(_Section):
     timesteps: int = Field(1000, ge=2, le=100_000)
     prediction: Prediction = "v"
     loss_weighting: LossWeighting = "min_snr"
-    min_snr_gamma: float = Field(5.0, gt=0.0)
+    min_snr_gamma: float = Field(5.0, gt=0.0, le=1e6)  # min(SNR, gamma): 1e6 already clamps (almost) nothing
 
     @model_validator(mode="after")
     def _linear_needs_enough_steps(self) -> DiffusionConfig:
@@ -212,10 +227,10 @@ class TrainConfig(_Section):
     # new budget. The LR schedule still spans train.steps (see pokediff.training.budget).
     max_seconds: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     batch_size: int = Field(128, ge=1)
-    lr: float = Field(3e-4, gt=0.0)
+    lr: float = Field(3e-4, gt=0.0, le=1.0)  # AdamW moves each weight by about lr per step: above 1 nothing trains
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = Field(500, ge=0)  # capped at steps // 5 (see effective_warmup_steps)
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=100.0)  # AdamW scales weights by 1 - lr * weight_decay
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW; each in [0, 1)
     grad_clip: float = Field(1.0, ge=0.0)  # 0 disables clipping
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
@@ -224,7 +239,7 @@ class TrainConfig(_Section):
     compile: bool = False
     channels_last: bool = False
     hflip: bool = True
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(0, ge=0)  # 0 disables in-training FID
@@ -257,7 +272,7 @@ class SampleConfig(_Section):
     clip_x0: bool = True
     num_images: int = Field(2048, ge=1)  # what score.num_samples scores (FID needs thousands)
     batch_size: int = Field(256, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     use_ema: bool = True
     out_dir: str = "outputs/samples"
 
@@ -279,7 +294,7 @@ class ScoreConfig(_Section):
     ref_max_images: int = Field(0, ge=0)  # fixed-seed random subset of the training images; 0 = all
     ref_stats: str = "outputs/ref_stats/ref_stats.npz"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # auto = cuda if available
-    seed: int = 0  # reference subset and KID subset draws
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # reference subset and KID subset draws
     out_dir: str = "outputs/score"
 
 
@@ -294,7 +309,7 @@ class Params(_Section):
     sample: SampleConfig = SampleConfig()
     score: ScoreConfig = ScoreConfig()
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _cross_section(self) -> Params:
@@ -463,7 +478,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any])
     return tree
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+def format_errors(exc: ValidationError, source: str) -> str:
     """One line: ``<file>: <key>: <what> (got <value>)``, the first few keys, then ``(+N more)``."""
     parts = []
     errors = exc.errors()
@@ -489,7 +504,7 @@ def params_from_dict(tree: dict[str, Any], source: str = "params") -> Params:
     try:
         return Params.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(format_errors(exc, source)) from None
 
 
 def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | dict[str, Any] = (),

@@ -7,21 +7,31 @@ import contextlib
 import torch
 
 from pokediff.choices import PRECISIONS
+from pokediff.errors import UsageError, shorten
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+class DeviceError(UsageError, ValueError):
+    """A device name that is not a torch device, or CUDA asked for on a machine without it: one line
+    naming the option, exit 2, before any work (the one check every command uses)."""
+
+
+def resolve_device(device: str | torch.device | None = "auto", option: str = "device") -> torch.device:
     """``"auto"`` (or None) -> CUDA when available, else CPU; anything else is passed to ``torch.device``
-    and checked, so a typo or a missing GPU is a clear error before any work."""
+    and checked, so a typo or a missing GPU is a DeviceError before any work. ``option`` names where the
+    value came from in the message (``--device``, ``score.device``)."""
     if isinstance(device, torch.device):
         return device
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device {device!r} is not a valid torch device ({exc})") from None
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"{option} {shorten(device, 60)}: not a device; expected auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
+        raise DeviceError(f"{option} {shorten(device, 60)}: CUDA is not available on this machine; use cpu or auto")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise DeviceError(f"{option} {shorten(device, 60)}: this machine has {torch.cuda.device_count()} CUDA "
+                          "device(s), numbered from 0")
     return resolved
 
 

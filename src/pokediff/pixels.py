@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from pokediff.files import write_atomic
+
 if TYPE_CHECKING:
     import torch
 
@@ -71,11 +73,8 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def save_png(image: torch.Tensor, path: str | Path) -> Path:
-    """uint8 (C, H, W) -> a PNG file at ``path`` (folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_png(to_pil(image)))
-    return path
+    """uint8 (C, H, W) -> a PNG file at ``path`` (folders created), written whole or not at all."""
+    return write_atomic(path, encode_png(to_pil(image)))
 
 
 def save_pngs(images: torch.Tensor, directory: str | Path, start: int = 0) -> list[Path]:

@@ -184,6 +184,10 @@ def test_unusable_result_does_not_replace_the_previous_dataset(first_dataset, tm
 @pytest.mark.parametrize(("foreign", "named"), [
     ("notes.txt", "notes.txt"), ("images/holiday.jpg", "images/holiday.jpg"),
     ("images/album/1.png", "images/album"), ("mlruns/x", "mlruns"),
+    # ingest's reserved folders are deleted whole: on main whatever a user put there went with them
+    (".ingest-rejected/my-notes.txt", ".ingest-rejected/my-notes.txt"),
+    (".ingest-rejected/images/holiday.jpg", ".ingest-rejected/images/holiday.jpg"),
+    (".ingest-build/keep.me", ".ingest-build/keep.me"), (".ingest-previous/a/b", ".ingest-previous/a"),
 ])
 def test_foreign_files_in_out_dir_are_refused_and_kept(first_dataset, tmp_path: Path, foreign: str,
                                                        named: str) -> None:
@@ -536,3 +540,56 @@ def test_data_errors_are_pokediff_errors_and_keep_their_old_base() -> None:
                             (FetchError, RuntimeError), (NoImagesError, FileNotFoundError),
                             (WorkerCrashedError, RuntimeError)):
         assert issubclass(error, PokediffError) and issubclass(error, old_base), error
+
+
+def test_a_rejected_dataset_of_its_own_is_still_cleared_by_the_next_ingest(first_dataset, tmp_path: Path) -> None:
+    out, before = first_dataset
+    junk = folder_of(tmp_path / "junk", {"a.png": b"", "b.gif": b"GIF89a"})
+    with pytest.raises(IngestError, match="no usable images"):
+        ingest(junk, out, SETTINGS, sprite_layout=False, progress=False)
+    (out / ".ingest-rejected" / ".manifest.csv.x1y2.tmp").write_bytes(b"")  # what a kill mid-write leaves
+    ingest(tmp_path / "first", out, SETTINGS, sprite_layout=False, progress=False)
+    assert not (out / ".ingest-rejected").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# CSVs a spreadsheet opens: no cell runs as a formula, and pokediff reads back the exact names
+# ----------------------------------------------------------------------------------------------
+FORMULA_NAMES = ["=HYPERLINK(1).png", "+1+2.png", "-3.png", "@SUM(1).png", "\tx.png", "'quoted.png",
+                 "25-=cmd.png"]  # the last: a sprite-style name whose form ("=cmd") starts a cell
+
+
+def _cells(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [cell for row in csv.reader(handle) for cell in row]
+
+
+def test_names_that_a_spreadsheet_would_run_are_neutralised_in_every_csv(tmp_path: Path) -> None:
+    # On main "=HYPERLINK(1).png" was written verbatim into manifest.csv and quarantine.csv.
+    files = {name: png((10 * i, 100, 50)) for i, name in enumerate(FORMULA_NAMES, 1)}
+    files |= {"=broken.png": b"not a png", "plain.png": png((1, 2, 3))}
+    source = folder_of(tmp_path / "src", files)
+    os.symlink("plain.png", source / "@link.png")  # ignored.csv: links are never followed
+    ingest(source, tmp_path / "ds", SETTINGS, sprite_layout=False, progress=False)
+    for name in ("manifest.csv", "quarantine.csv", "ignored.csv"):
+        cells = _cells(tmp_path / "ds" / name)
+        assert len(cells) > 2 and not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))], name
+
+    from pokediff.data.manifest import read_manifest
+    from pokediff.data.sources import display_name
+
+    manifest = read_manifest(tmp_path / "ds" / "manifest.csv")
+    # read back exactly as written: formula cells restored, control characters shown as \xNN escapes
+    assert sorted(manifest["source"]) == sorted([*map(display_name, FORMULA_NAMES), "plain.png"])
+    assert "\\x09x.png" in set(manifest["source"])
+    assert manifest.set_index("source").loc["25-=cmd.png", "form"] == "=cmd"
+    assert "plain.png" in (tmp_path / "ds" / "manifest.csv").read_text().split(",")  # ordinary names unchanged
+
+
+def test_neutralise_is_exactly_undone_and_leaves_ordinary_cells_alone() -> None:
+    from pokediff.csv_cells import neutralise, restore
+
+    for cell in [*FORMULA_NAMES, "", "'", "''=x", "sprites/pokemon/25.gif", "images/000001.png", "a=b"]:
+        assert restore(neutralise(cell)) == cell
+    assert neutralise("sprites/pokemon/versions/generation-v/black-white/animated/shiny/25.gif").startswith("s")
+    assert [neutralise(c) for c in ("=1", "-1", "a-1")] == ["'=1", "'-1", "a-1"]

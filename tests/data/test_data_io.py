@@ -85,14 +85,14 @@ def test_files_over_the_byte_cap_are_not_read(tmp_path, monkeypatch) -> None:
         assert load_training_images(tmp_path).shape == (1, 3, 64, 64)
 
 
-def test_dataset_files_behind_links_are_read(tmp_path) -> None:
-    """A dataset checked out by DVC may hold links into its cache: training and scoring follow them
-    (only ingest, reading untrusted sources, refuses links)."""
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    _square_rgba(16, (10, 20, 30)).save(cache / "abc", format="PNG")
+def test_dataset_files_behind_links_into_the_dvc_cache_are_read(tmp_path) -> None:
+    """A dataset checked out by DVC with cache.type symlink holds links into the project's DVC cache:
+    training and scoring follow those (and only those: see tests/data/test_dataset_reads_stay_inside.py)."""
+    cache = tmp_path / ".dvc" / "cache" / "files" / "md5" / "ab"
+    cache.mkdir(parents=True)
+    _square_rgba(16, (10, 20, 30)).save(cache / "cdef", format="PNG")
     (tmp_path / "ds" / "images").mkdir(parents=True)
-    (tmp_path / "ds" / "images" / "000000.png").symlink_to(cache / "abc")
+    (tmp_path / "ds" / "images" / "000000.png").symlink_to(cache / "cdef")
     _square_rgba(16, (40, 50, 60)).save(tmp_path / "ds" / "images" / "000001.png")
     (tmp_path / "ds" / "manifest.csv").write_text("path\nimages/000001.png\nimages/000000.png\n")
     assert [p.name for p in list_images(tmp_path / "ds")[0]] == ["000001.png", "000000.png"]

@@ -90,7 +90,7 @@ def test_unknown_resize_mode() -> None:
 def test_resolve_device() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
-    with pytest.raises(ValueError, match="not a valid torch device"):
+    with pytest.raises(ValueError, match="gpu0: not a device"):
         resolve_device("gpu0")
 
 

@@ -71,3 +71,20 @@ def test_fresh_images_are_not_flagged(fresh_features, other_features, train_feat
     other = memorisation_metrics(nearest_neighbours(other_features, train_features)[0], train_nn)
     assert other["memorisation_share_below_train_nn"] <= 0.1
     assert other["memorisation_nn_median"] > fresh["memorisation_nn_median"]
+
+
+def test_nearest_csv_cells_never_run_as_spreadsheet_formulas(tmp_path):
+    # On main a sample or reference path starting with "=" was written as is: a spreadsheet runs it.
+    import csv
+
+    from pokediff.csv_cells import restore
+    from pokediff.evaluation.report import write_nearest_csv
+
+    samples, refs = ["=cmd|' /C calc'!A0.png", "ok.png"], ["@SUM(1).png", "-2.png"]
+    path = write_nearest_csv(tmp_path / "nearest.csv", samples, [0.5, 0.25], refs, threshold=0.3)
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    cells = [c for row in rows[1:] for c in row[:2]]
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@"))]
+    assert [restore(c) for c in rows[1][:2]] == ["ok.png", "-2.png"]  # closest first, exact after restore
+    assert [restore(c) for c in rows[2][:2]] == samples[:1] + refs[:1]

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from pokediff.data.fetch import TARBALL_NAME
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "data.resolution=16", "model.resolution=16", "model.base_channels=16", "model.channel_mults=[1,2]",
@@ -36,7 +38,7 @@ def _sprites_tarball() -> Path:
     cache = Path(os.environ.get("POKEDIFF_CACHE_DIR", Path.home() / ".cache" / "pokediff")) / "sprites"
     subprocess.run([sys.executable, "-m", "pokediff", "fetch-data", "--params", "none",
                     "--raw-dir", str(cache)], check=True, capture_output=True)
-    return next(cache.glob("*.tgz"))
+    return cache / TARBALL_NAME  # the cache may also hold other tarballs (the Pokédex data)
 
 
 def _project_copy(dest: Path) -> Path:

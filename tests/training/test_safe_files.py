@@ -125,13 +125,16 @@ def test_damaged_or_foreign_model_files_are_one_line_errors(tmp_path):
     good = save_model_file(tmp_path / "good.safetensors", UNet(cfg).state_dict(), None, cfg, DiffusionConfig(), 1)
     (tmp_path / "half.safetensors").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     save_file({"a": torch.zeros(2)}, tmp_path / "foreign.safetensors")
-    # A config (data from the file) describing a huge network: refused from shapes alone, nothing allocated
-    # (8192 base channels would be a ~100 GB U-Net).
-    meta = {"format": "pokediff-model-v2", "step": "1", "config": json.dumps(
-        {"model": {**cfg.model_dump(mode="json"), "base_channels": 8192}, "diffusion": {}})}
-    save_file({f"model.{k}": v for k, v in UNet(cfg).state_dict().items()}, tmp_path / "huge.safetensors", meta)
+    # A config (data from the file) describing a large network: refused from shapes alone, nothing allocated
+    # (1024 base channels: a U-Net of ~1 GB); beyond the config's bounds, refused from the config alone.
+    weights = {f"model.{k}": v for k, v in UNet(cfg).state_dict().items()}
+    for name, base in (("huge", 1024), ("out-of-range", 8192)):
+        meta = {"format": "pokediff-model-v2", "step": "1", "config": json.dumps(
+            {"model": {**cfg.model_dump(mode="json"), "base_channels": base}, "diffusion": {}})}
+        save_file(weights, tmp_path / f"{name}.safetensors", meta)
     cases = {"half": "not a readable model file", "foreign": "not a pokediff model file",
-             "huge": "weights do not fit its config (0 tensors missing, 0 unexpected, 127 of another shape"}
+             "huge": "weights do not fit its config (0 tensors missing, 0 unexpected, 127 of another shape",
+             "out-of-range": "its model config: base_channels: Input should be less than or equal to 1024"}
     for name, message in cases.items():
         with pytest.raises(CheckpointError, match=re.escape(message)) as info:
             load_model(tmp_path / f"{name}.safetensors")

@@ -102,15 +102,82 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
         load_model(tmp_path / "missing.pt")
 
 
-def test_non_finite_loss_stops_with_the_step_and_a_good_checkpoint(tmp_path):
-    # An absurd learning rate without clipping blows the weights up within a few steps.
-    cfg = _cfg(steps=50, lr=1e12, warmup_steps=0, grad_clip=0.0, checkpoint_every=1000)
+def _all_finite(state) -> bool:
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return all(_all_finite(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(_all_finite(v) for v in state)
+    return True
+
+
+def test_non_finite_loss_stops_with_the_step_and_never_names_a_bad_checkpoint(tmp_path):
+    # The largest learning rate params allow, without clipping, blows the weights up within a few steps. The weights at
+    # the step before the NaN loss are still finite, but AdamW's second moments are already inf: on main
+    # that state was saved and named "the last good state" (resuming from it gives NaN at once).
+    cfg = _cfg(steps=50, lr=1.0, warmup_steps=0, grad_clip=0.0, checkpoint_every=1000)
     with pytest.raises(NonFiniteLossError, match=r"non-finite \(NaN or inf\) at step (\d+)") as info:
         train(_images(), tiny_model_config(), DiffusionConfig(), cfg, tmp_path, progress=False)
     err = info.value
-    ckpt = load_file(err.checkpoint)
-    assert ckpt["step"] == err.step - 1
-    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    if err.checkpoint is None:  # no good state: nothing was written, and the message says so
+        assert "no good state of this run was saved" in str(err)
+        assert not (tmp_path / "checkpoints" / "last.pt").exists()
+    else:
+        ckpt = load_file(err.checkpoint)
+        assert ckpt["step"] == err.good_step and _all_finite([ckpt["model"], ckpt["ema"], ckpt["optimizer"]])
+
+
+def test_weights_gone_non_finite_are_never_checkpointed_and_the_last_good_one_is_named(tmp_path):
+    # AdamW moments at the edge of float32 (finite, so the checkpoint is a good state) make the first
+    # update of the resumed run overflow the weights to inf before any loss sees them: the periodic save
+    # right after refuses (on main it wrote them, and named that file the last good state).
+    model_cfg = tiny_model_config()
+    first = train(_images(), model_cfg, DiffusionConfig(), _cfg(steps=2, warmup_steps=0), tmp_path, progress=False)
+    ckpt = load_file(first.checkpoint)
+    for moments in ckpt["optimizer"]["state"].values():
+        moments["exp_avg"].fill_(3e38)
+        moments["exp_avg_sq"].zero_()
+    atomic_torch_save(ckpt, first.checkpoint)
+    with pytest.raises(NonFiniteLossError, match=r"became non-finite \(NaN or inf\) by step 3; the last good "
+                                                 r"state \(step 2\) is in .*last\.pt") as info:
+        train(_images(), model_cfg, DiffusionConfig(), _cfg(steps=6, warmup_steps=0, checkpoint_every=1), tmp_path,
+              progress=False, resume=True)
+    assert info.value.checkpoint == first.checkpoint
+    kept = load_file(first.checkpoint)
+    assert kept["step"] == 2 and _all_finite([kept["model"], kept["ema"], kept["optimizer"]])
+
+
+def test_a_checkpoint_holding_nan_is_not_resumed_from(tmp_path):
+    model_cfg = tiny_model_config()
+    first = train(_images(), model_cfg, DiffusionConfig(), _cfg(steps=2, warmup_steps=0), tmp_path, progress=False)
+    ckpt = load_file(first.checkpoint)
+    next(iter(ckpt["ema"].values())).view(-1)[0] = float("nan")
+    atomic_torch_save(ckpt, first.checkpoint)  # as a version that did not check wrote it
+    with pytest.raises(CheckpointError, match="not a good state to resume from"):
+        train(_images(), model_cfg, DiffusionConfig(), _cfg(steps=4), tmp_path, progress=False, resume=True)
+
+
+def test_a_state_holding_nan_is_not_written_and_the_previous_file_stays(tmp_path):
+    from pokediff.checkpoint import NonFiniteStateError, TrainingState, save_model_file
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    ema = EMA(model)
+    state = TrainingState(model, ema, opt, sched, torch.Generator(), tiny_model_config(), DiffusionConfig(), _cfg())
+    path = state.save(tmp_path / "last.pt", 1)
+    opt.state[model.weight]["exp_avg_sq"][0, 0] = float("inf")
+    with pytest.raises(NonFiniteStateError, match=r"1 non-finite value\(s\).*optimizer\.state\.0\.exp_avg_sq"):
+        state.save(path, 2)
+    assert load_file(path)["step"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.json", "last.pt"]
+    ema.model.bias.data[0] = float("nan")
+    with pytest.raises(NonFiniteStateError, match=r"ema\.bias"):
+        save_model_file(tmp_path / "model.safetensors", model.state_dict(), ema.state_dict(), tiny_model_config(),
+                        DiffusionConfig(), 2)
+    assert not (tmp_path / "model.safetensors").exists()
 
 
 def test_bad_images_are_rejected(tmp_path):

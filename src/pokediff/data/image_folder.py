@@ -4,12 +4,18 @@
     load_training_images(folder, resolution=R)          -> uint8 (N, 3, R, R)        (training: "skip")
 
 A folder is an ingested dataset (the files its manifest.csv lists, in that order) or any folder of
-images (png/jpg/jpeg/webp/gif/svg at any depth, hidden ones skipped, sorted by relative path); each
-file is decoded as ingest decodes it (first frame, alpha composited on white).
+images (png/jpg/jpeg/webp/gif/svg at most sources.MAX_DEPTH levels deep, hidden ones skipped, sorted
+by relative path); each file is decoded as ingest decodes it (first frame, alpha composited on white).
+
+Nothing outside the folder is read (pokediff.data.sources.read_in_folder): a manifest row that is
+absolute or climbs out with `..` makes the whole manifest an error (ManifestError, one line), and a file
+that is a link out of the folder (other than into the project's DVC cache), a FIFO or a device is an
+unreadable file: skipped with a warning when training, an error when scoring.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -18,14 +24,21 @@ import numpy as np
 import torch
 
 from pokediff.data.decode import DEFAULT_RESOLUTION, IMAGE_EXTENSIONS, RGB, WHITE, decode_rgb
-from pokediff.data.manifest import MANIFEST_NAME, read_manifest
+from pokediff.data.manifest import MANIFEST_NAME, ManifestError, read_manifest
 from pokediff.data.raster import BadImageError
-from pokediff.data.sources import is_hidden, read_file
-from pokediff.errors import PokediffError
+from pokediff.data.sources import (
+    MAX_DEPTH,
+    check_relative,
+    display_name,
+    is_hidden,
+    read_file,
+    read_in_folder,
+    walk_folder,
+)
+from pokediff.errors import PokediffError, shorten
 
-# The folder is the user's own: links are followed (DVC may check a dataset out as links into its
-# cache), a file over sources.MAX_FILE_BYTES is refused, and each decode has this pixel limit:
-# generous, but it keeps a stray 100-megapixel photo from stalling a training start.
+# A file over sources.MAX_FILE_BYTES is refused, and each decode has this pixel limit: generous, but
+# it keeps a stray 100-megapixel photo from stalling a training start.
 FOLDER_MAX_PIXELS = 40_000_000
 _WARN_LIST_LIMIT = 20  # skipped files named in the warning; the rest are counted
 
@@ -38,30 +51,52 @@ class NoImagesError(PokediffError, FileNotFoundError):
 
 def list_images(folder: str | Path) -> tuple[list[Path], Path | None]:
     """(image files, its manifest.csv or None): the files the manifest lists, in manifest order, or,
-    without one, every image file below `folder`. Listed files are not checked to exist.
+    without one, every image file below `folder` (regular files and links to files; links are checked
+    when read). Listed files are not checked to exist.
 
-    Raises NoImagesError when `folder` is not a directory."""
+    Raises NoImagesError when `folder` is not a directory or nests folders more than MAX_DEPTH deep,
+    ManifestError when a manifest row is not a path inside the folder (see sources.check_relative)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NoImagesError(f"{folder} is not a directory of images")
     manifest = folder / MANIFEST_NAME
     if manifest.is_file():
-        return [folder / relative for relative in read_manifest(manifest)["path"]], manifest
+        paths = read_manifest(manifest)["path"]
+        for row, relative in enumerate(paths, start=1):
+            reason = check_relative(relative)
+            if reason is not None:
+                shown = shorten(display_name(relative), 80)
+                raise ManifestError(f"{manifest}: row {row}: path {shown!r} is {reason}; expected a relative path "
+                                    "inside the dataset folder, e.g. images/000000.png")
+        return [folder / relative for relative in paths], manifest
     found = []
-    for path in folder.rglob("*"):  # does not descend into linked folders
-        relative = path.relative_to(folder).as_posix()
-        if not is_hidden(relative) and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            found.append(path)
+    for item in walk_folder(folder):
+        if item.kind == "problem" and "levels deep" in item.problem:
+            raise NoImagesError(f"{folder / display_name(item.relative)}: {item.problem} (an image folder may "
+                                f"nest {MAX_DEPTH} levels)")
+        if (item.kind in ("file", "link") and not is_hidden(item.relative)
+                and Path(item.relative).suffix.lower() in IMAGE_EXTENSIONS):
+            found.append(folder / item.relative)
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix()), None
 
 
 def read_image(path: str | Path, resolution: int | None = None, background: RGB = WHITE) -> np.ndarray:
-    """One image file -> uint8 (H, W, 3), see `decode_rgb` (square `resolution`^2, or its own size).
+    """One image file the user names -> uint8 (H, W, 3), see `decode_rgb` (square `resolution`^2, or
+    its own size). Links are followed: the user named this file.
 
     Raises BadImageError (a ValueError) for a file that is not a usable image, OSError when it cannot
-    be read (TooLargeError beyond sources.MAX_FILE_BYTES)."""
+    be read (TooLargeError beyond sources.MAX_FILE_BYTES, a FIFO or device)."""
     path = Path(path)
-    return decode_rgb(read_file(path), path.suffix.lower(), resolution=resolution, max_pixels=FOLDER_MAX_PIXELS,
+    return _decode(read_file(path), path, resolution, background)
+
+
+def _read_in(folder: Path, path: Path, resolution: int | None, background: RGB = WHITE) -> np.ndarray:
+    """`read_image` for a file listed below `folder`, read without leaving it (sources.read_in_folder)."""
+    return _decode(read_in_folder(folder, path.relative_to(folder).as_posix()), path, resolution, background)
+
+
+def _decode(data: bytes, path: Path, resolution: int | None, background: RGB) -> np.ndarray:
+    return decode_rgb(data, path.suffix.lower(), resolution=resolution, max_pixels=FOLDER_MAX_PIXELS,
                       background=background)
 
 
@@ -100,7 +135,7 @@ def load_image_folder(
     folder = Path(folder)
     paths, manifest = list_images(folder)
     if on_error == "raise" and manifest is not None:
-        missing = [p for p in paths if not p.is_file()]
+        missing = [p for p in paths if not os.path.lexists(p)]
         if missing:
             raise NoImagesError(f"{manifest}: {len(missing)} listed files are missing, e.g. {missing[0]}")
     if not paths:
@@ -111,7 +146,7 @@ def load_image_folder(
     images, kept, skipped = [], [], []
     for path in chosen:
         try:
-            pixels = read_image(path, resolution)  # (H, W, 3)
+            pixels = _read_in(folder, path, resolution)  # (H, W, 3)
         except (BadImageError, OSError) as exc:
             if on_error == "raise":
                 raise BadImageError(f"{path}: cannot read image ({exc})") from None

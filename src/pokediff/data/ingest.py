@@ -15,9 +15,9 @@ Nothing is lost or destroyed on the way (see `_swap_in`, `_check_out_dir`):
   the half-built folder, and rolls back a swap that was interrupted half-way);
 - a dataset judged unusable (nothing left, too much quarantined) does not replace the previous one:
   it is kept in <out_dir>/.ingest-rejected for inspection;
-- out_dir may hold only what ingest writes (images/, the four reports, the lock); anything else, or
-  a symbolic link in place of one of those, is refused with one line naming it, and nothing is
-  deleted. One ingest at a time per out_dir (`OutDirLock`).
+- out_dir may hold only what ingest writes (images/, the four reports, the lock, and its reserved
+  folders holding only those); anything else, or a symbolic link in place of one of those, is refused
+  with one line naming it, and nothing is deleted. One ingest at a time per out_dir (`OutDirLock`).
 
 Determinism: files are decoded in whatever order the source yields them (archive order is the fast
 order for a .tgz) and possibly in parallel, but results are *sorted* before anything is named or
@@ -72,7 +72,8 @@ from pokediff.data.sources import (
     open_source,
 )
 from pokediff.errors import PokediffError
-from pokediff.locks import LOCK_NAME, OutDirLock
+from pokediff.files import TEMP_SUFFIX
+from pokediff.locks import LOCK_NAME, OutDirLock, is_lock_file
 
 IGNORED_NAME = "ignored.csv"
 OUTPUT_FILES = (MANIFEST_NAME, QUARANTINE_NAME, IGNORED_NAME, SUMMARY_NAME)
@@ -210,27 +211,45 @@ def _check_out_dir(out_dir: Path) -> None:
     for child in sorted(out_dir.iterdir()):
         if child.name in _LEFT_ALONE:
             continue
-        if child.name not in _OURS:
+        if child.name not in _OURS and not is_lock_file(child.name):
             raise _foreign(child, out_dir)
         if child.is_symlink():
             raise IngestError(
                 f"{child} is a symbolic link: refusing to follow, delete or replace it; remove the link "
                 "or choose another out_dir (data.out_dir)"
             )
-    images = out_dir / IMAGES_DIR
+    files = _check_images(out_dir, out_dir)
+    if files and not (out_dir / MANIFEST_NAME).is_file():
+        raise IngestError(
+            f"{out_dir / IMAGES_DIR} exists and was not written by `pokediff ingest` (no {MANIFEST_NAME} next to it); "
+            "refusing to delete it: choose an empty or new out_dir"
+        )
+    # The reserved folders are deleted whole by `_recover`: they may hold only what ingest puts there.
+    for reserved in (BUILD_DIR, PREVIOUS_DIR, REJECTED_DIR):
+        if (out_dir / reserved).is_dir():
+            for child in sorted((out_dir / reserved).iterdir()):
+                if child.name not in DATASET_NAMES and not _is_temporary_report(child.name):
+                    raise _foreign(child, out_dir)
+            _check_images(out_dir / reserved, out_dir)
+
+
+def _is_temporary_report(name: str) -> bool:
+    """A report's temporary file (pokediff.files), left in a build by a kill mid-write."""
+    return name.endswith(TEMP_SUFFIX) and any(name.startswith(f".{report}.") for report in OUTPUT_FILES)
+
+
+def _check_images(dataset: Path, out_dir: Path) -> list[Path]:
+    """dataset/images holds only NNNNNN.png files (or is absent); returns them."""
+    images = dataset / IMAGES_DIR
     if not images.exists():
-        return
-    if not images.is_dir():
+        return []
+    if not images.is_dir() or images.is_symlink():
         raise _foreign(images, out_dir)
     files = sorted(images.iterdir())
     for child in files:  # a link named like ours is fine: the swap moves the link, never its target
         if not _IMAGE_FILE.fullmatch(child.name) or (child.is_dir() and not child.is_symlink()):
             raise _foreign(child, out_dir)
-    if files and not (out_dir / MANIFEST_NAME).is_file():
-        raise IngestError(
-            f"{images} exists and was not written by `pokediff ingest` (no {MANIFEST_NAME} next to it); "
-            "refusing to delete it: choose an empty or new out_dir"
-        )
+    return files
 
 
 def _oserror_text(exc: OSError) -> str:

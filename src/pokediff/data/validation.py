@@ -3,7 +3,10 @@
 The manifest is a claim; the PNG files are the truth. `inspect_files` opens each file the manifest
 lists and measures it again (size and mode from the PNG header, pixel hash and statistics from the
 decoded pixels), so a file replaced, resized or deleted after ingest is caught, and a hand-made
-dataset with only a `path` column can be checked too. Two tables are validated:
+dataset with only a `path` column can be checked too. Files are read as training reads them, never
+outside the dataset folder (pokediff.data.sources.read_in_folder), with the same decoders and limits
+(pokediff.data.raster.open_raster); pixels are decoded only for a file of at most R x R pixels (a
+larger one fails the size check by its header alone). Two tables are validated:
 
     images     one row per manifest row: file readable, exactly R x R, RGB, unique pixel hash,
                species id in range, not almost all background, not almost uniform, unchanged since
@@ -32,11 +35,13 @@ import great_expectations.expectations as gxe
 import numpy as np
 import pandas as pd
 from great_expectations.data_context.types.base import ProgressBarsConfig
-from PIL import Image
 
 from pokediff.config import ValidateConfig
 from pokediff.data.decode import RGB
 from pokediff.data.manifest import MANIFEST_NAME, pixel_stats, read_manifest, write_json
+from pokediff.data.raster import DECODE_CPU_SECONDS, BadImageError, open_raster
+from pokediff.data.sources import read_in_folder
+from pokediff.limits import cpu_time_limit
 
 RESULT_NAME = "validation_result.json"
 METRICS_NAME = "validation_metrics.json"
@@ -112,11 +117,15 @@ class ValidationReport:
 # ----------------------------------------------------------------------------------------------
 # Measuring the files
 # ----------------------------------------------------------------------------------------------
-def _measure(file: Path, background: RGB) -> dict[str, Any]:
-    """Header facts and pixel statistics of one PNG; `file_error` set when it cannot be read."""
+def _measure(dataset_dir: Path, relative: str, background: RGB, max_pixels: int) -> dict[str, Any]:
+    """Header facts and pixel statistics of one listed file; `file_error` set when it cannot be read.
+    Pixels are decoded only when the header declares at most `max_pixels` (R x R)."""
     try:
-        with Image.open(file) as image:
-            width, height, mode = image.width, image.height, image.mode  # header only
+        image = open_raster(read_in_folder(dataset_dir, relative), max_pixels=1 << 62)  # header only
+        width, height, mode = image.width, image.height, image.mode
+        if width * height > max_pixels:  # fails "exactly R px" by its header; not decoded
+            return {"file_error": None, "width": width, "height": height, "mode": mode}
+        with cpu_time_limit(DECODE_CPU_SECONDS, lambda: BadImageError("decoding took too long")):
             pixels = np.asarray(image.convert("RGB"))
     except Exception as exc:  # noqa: BLE001 - any failure to read is a finding about this file
         return {"file_error": f"{type(exc).__name__}: {exc}"}
@@ -127,8 +136,10 @@ def _measure(file: Path, background: RGB) -> dict[str, Any]:
     }
 
 
-def inspect_files(dataset_dir: Path, manifest: pd.DataFrame, background: RGB = (255, 255, 255)) -> pd.DataFrame:
-    """The images table: manifest identity columns + measurements taken from the files themselves."""
+def inspect_files(dataset_dir: Path, manifest: pd.DataFrame, background: RGB = (255, 255, 255),
+                  resolution: int = 1024) -> pd.DataFrame:
+    """The images table: manifest identity columns + measurements taken from the files themselves
+    (pixels of files of at most `resolution`^2 pixels)."""
     # A hand-made manifest may have only `path`: the other identity columns then default to empty.
     identity = pd.DataFrame({"path": manifest["path"].astype(str)})
     identity["source"] = manifest.get("source", "")
@@ -136,7 +147,7 @@ def inspect_files(dataset_dir: Path, manifest: pd.DataFrame, background: RGB = (
     identity["variant"] = manifest.get("variant", "normal")
     identity["manifest_sha256"] = manifest.get("sha256")
     measured = pd.DataFrame(
-        [_measure(dataset_dir / relative, background) for relative in identity["path"]],
+        [_measure(dataset_dir, relative, background, resolution * resolution) for relative in identity["path"]],
         columns=["file_error", "width", "height", "mode", "mean", "std", "background_fraction", "sha256"],
     )
     table = pd.concat([identity.reset_index(drop=True), measured], axis=1)
@@ -285,7 +296,7 @@ def validate_dataset(
     `resolution` (data.resolution), the `background` it was composited on, and the variant labels it
     must contain (`expected_variants`, from the ingest settings; present labels are always checked).
     Never raises for a bad dataset (that is a failed report); raises FileNotFoundError when there is
-    no manifest to validate.
+    no manifest to validate, ManifestError when it is not a manifest (malformed CSV, too large).
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     started = time.perf_counter()
@@ -293,7 +304,7 @@ def validate_dataset(
     manifest_path = dataset_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         raise FileNotFoundError(f"no {MANIFEST_NAME} in {dataset_dir}: run `pokediff ingest` first")
-    images = inspect_files(dataset_dir, read_manifest(manifest_path), background)
+    images = inspect_files(dataset_dir, read_manifest(manifest_path), background, resolution)
     tables = {
         "images": (images, "path"),
         "variants": (variant_counts(images, expected_variants), "variant"),

@@ -14,11 +14,17 @@ it twice:
 
 ``compute_reference_stats`` is a cache: if the output file exists with the same content hash and
 extractor, it is returned without running Inception.
+
+A stats file is read only as far as it checks out (``_check_stats_members``): each array's .npy header
+(dtype, shape) is read and checked against the table above before the array is, and its member must be
+stored uncompressed with exactly the bytes that header declares. So reading allocates what the file
+holds, never what it merely declares (a deflated member declaring 3.7 GB of zeros fits in 3 MB).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import zipfile
 from collections.abc import Sequence
@@ -39,9 +45,12 @@ from pokediff.evaluation.inception import (
     extractor_id,
 )
 from pokediff.evaluation.memorisation import train_nn_distances
+from pokediff.limits import zip_directory_size
 from pokediff.pixels import content_hash
 
 _KEYS = ("mu", "sigma", "features", "train_nn", "n", "content_hash", "extractor", "paths")
+_MAX_DIRECTORY_BYTES = 64 << 10  # eight members
+_MAX_NPY_HEADER = 10_000  # numpy's own default for a trusted header
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +117,7 @@ def load_reference_stats(path: str | Path) -> ReferenceStats:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: reference statistics not found (run `pokediff ref-stats` first)")
+    _check_stats_members(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             raw = {k: data[k] for k in data.files if k in _KEYS}
@@ -135,6 +145,58 @@ def load_reference_stats(path: str | Path) -> ReferenceStats:
         extractor=str(raw["extractor"]),
         paths=tuple(str(p) for p in raw["paths"]),
     )
+
+
+def _expected_shape(key: str, n: int | None) -> tuple[int | None, ...]:
+    """The shape each member must have (None: the image count, read from the file's `n`)."""
+    d = NUM_FEATURES
+    return {"mu": (d,), "sigma": (d, d), "features": (n, d), "train_nn": (n,), "paths": (n,)}.get(key, ())
+
+
+def _check_stats_members(path: Path) -> None:
+    """ValueError naming the file when a member is compressed, declares a dtype or shape other than the
+    module docstring's, or holds other bytes than its .npy header declares; nothing but headers is read."""
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"{path}: not a pokediff reference-stats file ({why})")
+
+    try:
+        with path.open("rb") as handle:
+            _, directory_bytes = zip_directory_size(handle)
+        if directory_bytes > _MAX_DIRECTORY_BYTES:
+            raise refuse(f"a zip directory of {directory_bytes:,} bytes")
+        headers: dict[str, tuple[tuple[int, ...], np.dtype, int, int]] = {}
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                key = info.filename.removesuffix(".npy")
+                if key not in _KEYS:
+                    continue
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise refuse(f"{key} is compressed; np.savez stores arrays uncompressed")
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = reader(member, max_header_size=_MAX_NPY_HEADER)
+                    headers[key] = (shape, dtype, member.tell(), info.file_size)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        if str(exc).startswith(f"{path}: "):  # one of refuse()'s messages, already naming the file
+            raise
+        raise ValueError(f"{path}: cannot read reference statistics ({exc})") from None
+    n_shape = headers.get("n", ((), None, 0, 0))[0]
+    if n_shape != ():
+        raise refuse(f"n has shape {n_shape}, expected a scalar")
+    features_shape = headers["features"][0] if "features" in headers else ()
+    images = features_shape[0] if len(features_shape) == 2 else None
+    for key, (shape, dtype, header_bytes, member_bytes) in headers.items():
+        if dtype.hasobject:
+            raise refuse(f"{key} holds Python objects")
+        expected = _expected_shape(key, images)
+        if len(shape) != len(expected) or any(e is not None and s != e for s, e in zip(shape, expected, strict=True)):
+            raise refuse(f"{key} has shape {shape}, expected {expected} with D={NUM_FEATURES}")
+        declared = math.prod(shape) * dtype.itemsize
+        if header_bytes + declared != member_bytes:
+            raise refuse(f"{key} declares {declared:,} bytes of data but its member holds "
+                         f"{member_bytes - header_bytes:,}")
 
 
 def compute_reference_stats(

@@ -40,11 +40,13 @@ def run(args: argparse.Namespace) -> int:
 
     # torch and Inception (seconds to import) only once the arguments and params are valid
     from pokediff.data.image_folder import load_image_folder
+    from pokediff.devices import resolve_device
     from pokediff.evaluation.frechet import fid_from_features
     from pokediff.evaluation.inception import extract_features, get_extractor
     from pokediff.evaluation.kid import kernel_inception_distance
     from pokediff.evaluation.report import write_metrics_json
 
+    resolve_device(cfg.device, "--device" if args.device else "score.device")  # DeviceError: exit 2, before any work
     try:
         extractor = get_extractor(args.resize, cfg.device)
         feats = []

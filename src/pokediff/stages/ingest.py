@@ -20,7 +20,8 @@ from pokediff.data.fetch import matches_pin
 from pokediff.data.ingest import ingest
 from pokediff.data.sources import SourceError
 from pokediff.data.sprites import TARBALL_NAME
-from pokediff.errors import PokediffError
+from pokediff.errors import PokediffError, one_line
+from pokediff.stopping import Stopped, signal_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,8 +67,11 @@ def run(args: argparse.Namespace) -> int:
         source, sprite_layout = resolve_source(args.source or data.source, Path(args.raw_dir or data.raw_dir))
         report = ingest(source, out_dir, data, sprite_layout=sprite_layout, progress=not args.quiet)
     except PokediffError as exc:  # IngestError, SourceError, LockedError (another ingest writes here), ...
-        print(f"pokediff ingest: {exc}", file=sys.stderr)
+        print(f"pokediff ingest: {one_line(str(exc))}", file=sys.stderr)
         return 1
+    except Stopped as stop:  # the new dataset is built beside the old one and dropped (data/ingest.py)
+        raise stop.explained(f"stopped by {signal_name(stop.signum)}; the dataset in {out_dir} is unchanged "
+                             "(the half-built one was removed)") from None
     summary = report.summary
     per_variant = ", ".join(f"{k} {v}" for k, v in summary["images_per_variant"].items())
     print(

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pokediff.cli import add_common_arguments, add_inception_arguments
 from pokediff.config import load_params
+from pokediff.locks import OutDirLock
+from pokediff.stopping import Stopped, signal_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,17 +37,24 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data or params.data.out_dir)
     out = Path(args.out or cfg.ref_stats)
 
+    from pokediff.devices import resolve_device
     from pokediff.evaluation.reference import compute_reference_stats  # torch, Inception: seconds to import
+
+    resolve_device(cfg.device, "--device" if args.device else "score.device")  # DeviceError: exit 2, before any work
 
     start = time.perf_counter()
     try:
-        stats = compute_reference_stats(
-            data, out, max_images=cfg.ref_max_images, seed=cfg.seed, batch_size=cfg.batch_size,
-            device=cfg.device, force=args.force, progress=not args.quiet,
-        )
+        with OutDirLock(out.parent, "ref-stats"):  # one writer per folder
+            stats = compute_reference_stats(
+                data, out, max_images=cfg.ref_max_images, seed=cfg.seed, batch_size=cfg.batch_size,
+                device=cfg.device, force=args.force, progress=not args.quiet,
+            )
     except (FileNotFoundError, ValueError) as exc:
         print(f"pokediff ref-stats: {exc}", file=sys.stderr)
         return 1
+    except Stopped as stop:  # the stats file is written whole (temporary file, then renamed)
+        raise stop.explained(f"stopped by {signal_name(stop.signum)}; {out} was not written "
+                             "(what was there before is unchanged)") from None
     print(
         f"ref-stats: {stats.n} images from {data} -> {out} ({stats.extractor}, "
         f"pixels sha256 {stats.content_hash[:12]}, {time.perf_counter() - start:.1f} s)"

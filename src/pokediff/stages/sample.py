@@ -3,12 +3,16 @@
     pokediff sample --checkpoint outputs/train/model.safetensors --sampler ddim --steps 50 --out grid.png
 
 Writes the individual PNGs (``--images-dir``, default: next to the grid in <grid stem>_images/ or
-sample.out_dir/images), a grid, a denoising progression strip and sample_info.json.
+sample.out_dir/images), a grid, a denoising progression strip and sample_info.json. Those folders are
+locked for the run (pokediff.locks): a second `pokediff sample` into them stops with one line. Every
+file is written whole (pokediff.files); SIGTERM or Ctrl-C stops with one line saying how many images
+were written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -18,6 +22,9 @@ from pokediff.choices import AUTO_SPACING, PRECISIONS, SAMPLERS, SPACINGS
 from pokediff.cli import add_common_arguments
 from pokediff.config import load_params
 from pokediff.errors import UsageError
+from pokediff.files import write_atomic
+from pokediff.locks import OutDirLock
+from pokediff.stopping import Stopped, signal_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
              "sample.spacing": args.spacing, "sample.num_images": args.num_images,
              "sample.batch_size": args.batch_size, "sample.seed": args.seed}
     params = load_params(args.params, args.overrides, flags)
-    cfg = params.sample
-
-    out_dir = Path(cfg.out_dir)
+    out_dir = Path(params.sample.out_dir)
     grid_path = Path(args.out) if args.out else out_dir / "grid.png"
     if args.images_dir:
         images_dir = Path(args.images_dir)
@@ -61,9 +66,28 @@ def run(args: argparse.Namespace) -> int:
         images_dir = out_dir / "images"
 
     # torch, the model and the samplers (seconds to import) only once the arguments and params are valid
+    from pokediff.devices import resolve_device
+
+    resolve_device(args.device, "--device")  # DeviceError: one line, exit 2, before anything is written
+    # One writer per output folder: the grid's folder (grid, progression.png, sample_info.json) and the
+    # images' folder when it lies elsewhere. Two runs into the same --out would interleave their images.
+    with contextlib.ExitStack() as locks:
+        for folder in _output_folders(grid_path, images_dir):
+            locks.enter_context(OutDirLock(folder, "sample"))
+        return _sample(args, params, grid_path, images_dir)
+
+
+def _output_folders(grid_path: Path, images_dir: Path) -> list[Path]:
+    grid_dir = grid_path.parent
+    inside = images_dir.resolve().is_relative_to(grid_dir.resolve())
+    return [grid_dir] if inside else [grid_dir, images_dir]
+
+
+def _sample(args: argparse.Namespace, params, grid_path: Path, images_dir: Path) -> int:
     from pokediff.checkpoint import MODEL_FILE_NAME
     from pokediff.generation import generate
 
+    cfg = params.sample
     model, diffusion_cfg, source = load_for_sampling(
         checkpoint=args.checkpoint or str(Path(params.train.out_dir) / MODEL_FILE_NAME), model_uri=args.model,
         use_ema=cfg.use_ema and not args.no_ema, device=args.device,
@@ -74,22 +98,28 @@ def run(args: argparse.Namespace) -> int:
     if steps is not None and steps > diffusion_cfg.timesteps:
         raise UsageError(f"--steps {steps} exceeds the model's {diffusion_cfg.timesteps} timesteps (sample.steps)")
     t0 = time.perf_counter()
+    written = [0]
 
     def progress(done: int, total: int) -> None:  # one line per batch: visible in DVC/Prefect logs
+        written[0] = done
         elapsed = time.perf_counter() - t0
         eta = elapsed / done * (total - done)
         print(f"sample: {done}/{total} images, {done / elapsed:.1f} img/s, ETA {eta:.0f} s", flush=True)
 
-    result = generate(model, diffusion_cfg, cfg, steps=steps, images_dir=images_dir, grid_path=grid_path,
-                      strip_path=grid_path.with_name("progression.png"), on_batch=progress,
-                      precision=args.precision, channels_last=args.channels_last, compile=args.compile)
+    try:
+        result = generate(model, diffusion_cfg, cfg, steps=steps, images_dir=images_dir, grid_path=grid_path,
+                          strip_path=grid_path.with_name("progression.png"), on_batch=progress,
+                          precision=args.precision, channels_last=args.channels_last, compile=args.compile)
+    except Stopped as stop:  # each PNG is written whole (pokediff.files); say how far it got
+        raise stop.explained(
+            f"stopped by {signal_name(stop.signum)} after {written[0]} of {cfg.num_images} images (in {images_dir}/, "
+            f"each one whole); no grid or sample_info.json was written") from None
     seconds = time.perf_counter() - t0
     info = {"source": source, "sampler": cfg.sampler, "steps": result.steps, "eta": cfg.eta,
             "spacing": result.spacing, "num_images": cfg.num_images, "seed": cfg.seed,
             "seconds": round(seconds, 2), "images_per_second": round(cfg.num_images / seconds, 3),
             "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile}
-    grid_path.parent.mkdir(parents=True, exist_ok=True)
-    (grid_path.parent / "sample_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_atomic(grid_path.parent / "sample_info.json", json.dumps(info, indent=2) + "\n")
     print(f"pokediff sample: {cfg.num_images} images ({cfg.sampler}, {result.steps} steps) in {seconds:.1f} s "
           f"-> {images_dir}/, grid {grid_path}")
     return 0
@@ -106,7 +136,7 @@ def load_for_sampling(checkpoint: str | None, model_uri: str | None, *, use_ema:
     from pokediff.checkpoint import load_model
     from pokediff.devices import resolve_device
 
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")  # DeviceError: one line, exit 2, before the model is read
     if model_uri:
         from pokediff.tracking.registry import download_model_file  # mlflow: seconds to import, only for --model
 

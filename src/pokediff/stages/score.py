@@ -19,6 +19,11 @@ from pathlib import Path
 from pokediff.cli import add_common_arguments, add_inception_arguments
 from pokediff.config import load_params
 from pokediff.data.fetch import file_sha256
+from pokediff.errors import PokediffError
+from pokediff.files import write_atomic
+from pokediff.limits import read_small_json
+from pokediff.locks import OutDirLock
+from pokediff.stopping import Stopped, signal_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,12 +46,25 @@ def run(args: argparse.Namespace) -> int:
     ref_path = Path(args.ref or cfg.ref_stats)
     out = Path(args.out or Path(cfg.out_dir) / "metrics.json")
 
-    # torch and Inception (seconds to import) only once the arguments and params are valid
+    from pokediff.devices import resolve_device  # torch: seconds to import, only for a valid command
+
+    resolve_device(cfg.device, "--device" if args.device else "score.device")  # DeviceError: exit 2, before any work
+    with OutDirLock(out.parent, "score"):  # one writer: metrics.json, nearest.csv, mlflow_evaluation.json
+        try:
+            return _score(args, params, samples_dir, ref_path, out)
+        except Stopped as stop:  # every file is written whole (pokediff.files): no half of one is left
+            raise stop.explained(f"stopped by {signal_name(stop.signum)}; {out} and nearest.csv are either "
+                                 "from before or complete") from None
+
+
+def _score(args: argparse.Namespace, params, samples_dir: Path, ref_path: Path, out: Path) -> int:
+    # Inception (seconds to import) only once the arguments and params are valid
     from pokediff.data.image_folder import load_image_folder
     from pokediff.evaluation.evaluator import FIDEvaluator
     from pokediff.evaluation.memorisation import memorisation_metrics, nearest_neighbours
     from pokediff.evaluation.report import write_metrics_json, write_nearest_csv
 
+    cfg = params.score
     start = time.perf_counter()
     try:
         evaluator = FIDEvaluator(
@@ -99,7 +117,12 @@ def _log_evaluation(params, metrics: dict, metrics_path: Path, samples_dir: Path
         return
     sample_dir = samples_dir.parent
     sample_info = sample_dir / "sample_info.json"
-    info = json.loads(sample_info.read_text()) if sample_info.exists() else {}
+    try:
+        info = read_small_json(sample_info) if sample_info.exists() else {}
+    except ValueError as exc:
+        raise PokediffError(str(exc)) from None
+    if not isinstance(info, dict):
+        raise PokediffError(f"{sample_info}: expected a JSON object, as `pokediff sample` writes")
     sample_params = {f"sample.{k}": v for k, v in params.sample.model_dump(mode="json").items()}
     # What the sample stage really used (flags such as --sampler override params.yaml there).
     sample_params.update({f"sample.{k}": info[k] for k in ("sampler", "steps", "eta", "spacing", "num_images", "seed")
@@ -112,7 +135,7 @@ def _log_evaluation(params, metrics: dict, metrics_path: Path, samples_dir: Path
     artifacts = [metrics_path, metrics_path.with_name("nearest.csv"), sample_info,
                  sample_dir / "grid.png", sample_dir / "progression.png"]
     result = logger.log({**sample_params, **score_params}, metrics, artifacts, name, key=key, how=how)
-    (metrics_path.with_name("mlflow_evaluation.json")).write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(metrics_path.with_name("mlflow_evaluation.json"), json.dumps(result, indent=2) + "\n")
     alias = result.get("champion_alias", "champion")
     champion = f"this model is @{alias}" if result.get("is_champion") else (
         f"@{alias} stays version {result.get('champion_version')} (FID {result.get('champion_fid')})")

@@ -1,7 +1,7 @@
 """`pokediff train`: train the U-Net on an image folder or an ingested dataset.
 
     pokediff train --data outputs/dataset --steps 200 -S train.batch_size=16
-    pokediff train --resume            # continue a killed run from its last checkpoint
+    pokediff train --resume            # continue a stopped or killed run from its last checkpoint
 
 Reads the model, diffusion and train sections of params.yaml; flags override them.
 Before anything is allocated, the run's peak memory is estimated (pokediff.training.memory_estimate): a run that
@@ -9,6 +9,10 @@ cannot fit stops at once naming the keys to change and the small CPU configurati
 locked (pokediff.locks) for the whole run: a second `pokediff train` into it stops with a clear message.
 Writes <out_dir>/checkpoints/last.pt, <out_dir>/model.safetensors, train_log.csv, train_metrics.json and
 mlflow_run.json (the MLflow run that the sample and score stages add their evaluations to).
+
+SIGTERM or Ctrl-C (pokediff.stopping) stops after the current step: the checkpoint is written, the lock
+released, the MLflow run marked KILLED (tag pokediff.training=partial), and one line says where the work
+is and how to continue; exit 143 / 130. No model file is written for a stopped run.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import json
 import os
 from pathlib import Path
 
+from pokediff import stopping
 from pokediff.cli import add_common_arguments
 from pokediff.config import load_params
-from pokediff.errors import PokediffError, UsageError, describe_os_error, os_error_in_chain
+from pokediff.errors import PokediffError, describe_os_error, os_error_in_chain
+from pokediff.files import write_atomic
 from pokediff.launch import requested_processes, run_under_torchrun
 from pokediff.locks import OutDirLock
 
@@ -59,18 +65,26 @@ def run(args: argparse.Namespace) -> int:
     from pokediff.devices import resolve_device
     from pokediff.training.memory_estimate import check_training_fits, processes_sharing_memory
 
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        raise UsageError(f"--device: {exc}") from None
+    device = resolve_device(args.device, "--device")  # DeviceError: one line, exit 2
     if not args.no_memory_check:  # seconds, nothing allocated: an OOM kill becomes a message
         check_training_fits(params.model, params.train, device, int(os.environ.get("WORLD_SIZE", "1")),
                             processes_sharing_memory(device))
-    rank = int(os.environ.get("RANK", "0"))  # set by torchrun
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
+    # Under torchrun the launcher owns the hard stop (it forwards a signal to every rank, signals the
+    # others again when one exits, and kills what has not stopped within its timeout): each rank only
+    # records signals and stops at the loop's next agreed step, so rank 0 always finishes recording
+    # the stop (checkpoint, MLflow, lock). A single process stops at once outside the loop.
+    graceful = stopping.deferred(repeats_stop_at_once=False) if world > 1 else contextlib.nullcontext()
     # One writer per out-dir (rank 0 writes every file; the other ranks only compute).
-    with OutDirLock(params.train.out_dir, "train") if rank == 0 else contextlib.nullcontext():
+    with graceful, OutDirLock(params.train.out_dir, "train") if rank == 0 else contextlib.nullcontext():
         try:
             return _run_locked(args, params, device, rank)
+        except stopping.Stopped as stop:
+            if stop.bare:  # a signal outside the loop, where it stops at once
+                raise stop.explained(f"{stop.message} outside the training loop (setting up, or logging to MLflow "
+                                     f"after it); the files in {params.train.out_dir} are whole; "
+                                     f"{_how_to_continue(args)}") from None
+            raise
         except (OSError, RuntimeError) as exc:
             # A full disk inside torch.save names no file: say which run was writing.
             err, described = os_error_in_chain(exc), describe_os_error(exc)
@@ -86,6 +100,7 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
     from pokediff.training.loop import train
     from pokediff.training.memory_estimate import count_config_parameters
     from pokediff.training.periodic_eval import EVAL_GRID, EvalLog, in_training_evaluator
+    from pokediff.training.stop import TrainingStopped
 
     data_dir = Path(args.data or params.data.out_dir)
     images = load_training_images(data_dir, params.model.resolution)
@@ -118,9 +133,12 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
             eval_log = EvalLog(out_dir / "eval_log.csv", keep_rows=resume,
                                resume_step=int(previous.get("step") or 0) if resume else 0)
             evaluate = in_training_evaluator(params, tracker, eval_log)
-        result = train(images, params.model, params.diffusion, params.train, out_dir, resume=resume,
-                       device=device, progress=not args.no_progress, fingerprint=fingerprint,
-                       on_log=tracker.log_metrics if tracker else None, evaluate=evaluate)
+        try:
+            result = train(images, params.model, params.diffusion, params.train, out_dir, resume=resume,
+                           device=device, progress=not args.no_progress, fingerprint=fingerprint,
+                           on_log=tracker.log_metrics if tracker else None, evaluate=evaluate)
+        except TrainingStopped as stop:
+            raise stop.explained(_stopped_line(stop, args) if rank == 0 else "") from None
         if rank != 0:
             return 0
         metrics = {
@@ -133,7 +151,7 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
             "dataset_images": int(images.shape[0]),
         }
         metrics_path = out_dir / "train_metrics.json"
-        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        write_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
         if tracker is not None:  # summaries go to the run's description and JSON, not to metric charts
             version = tracker.finish(result.model_file, result.checkpoint,
                                      [result.log_file, metrics_path, result.model_file, eval_log.path],
@@ -144,4 +162,24 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
         print(f"pokediff train: stopped by the wall-clock budget (train.max_seconds={params.train.max_seconds:g}) "
               f"at step {result.step} of {params.train.steps}; `pokediff train --resume` continues")
     print(f"pokediff train: {result.step} steps in {result.seconds:.1f} s; model -> {result.model_file}")
+    if stopping.pending() is not None:  # under torchrun, a signal that came after the last step
+        raise stopping.Stopped(stopping.pending(), "" if rank else
+                               f"stopped by {stopping.signal_name(stopping.pending())} after the run completed")
     return 0
+
+
+def _how_to_continue(args: argparse.Namespace) -> str:
+    return ("run the same command again to continue (--auto-resume)" if args.auto_resume else
+            "run the same command with --resume to continue")
+
+
+def _stopped_line(stop, args: argparse.Namespace) -> str:
+    """Where a stopped run's work is and how to continue it (stop: a training.stop.TrainingStopped)."""
+    from pokediff.stopping import signal_name
+
+    how = _how_to_continue(args)
+    if stop.step >= stop.steps:  # the signal came during the final save: the run itself is complete
+        return (f"stopped by {signal_name(stop.signum)} after the last step ({stop.step}): {stop.checkpoint} and the "
+                f"model file are complete, the MLflow run is not; {how} and log it")
+    return (f"stopped by {signal_name(stop.signum)} after step {stop.step} of {stop.steps}: the checkpoint "
+            f"{stop.checkpoint} holds it (no model file: the run is unfinished); {how}")

@@ -16,6 +16,7 @@ from pokediff.cli import add_common_arguments
 from pokediff.config import Params, load_params
 from pokediff.data.manifest import read_summary
 from pokediff.data.sprites import expected_labels
+from pokediff.locks import OutDirLock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     dataset_dir = Path(args.dataset_dir or params.data.out_dir)
     out_dir = Path(args.out_dir or params.validate_.out_dir)
     try:
-        report = validate_dataset(dataset_dir, params.validate_, out_dir, **dataset_facts(params, dataset_dir))
+        with OutDirLock(out_dir, "validate"):  # one writer per folder
+            report = validate_dataset(dataset_dir, params.validate_, out_dir, **dataset_facts(params, dataset_dir))
     except FileNotFoundError as exc:
         print(f"pokediff validate: {exc}", file=sys.stderr)
         return 1

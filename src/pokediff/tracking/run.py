@@ -27,6 +27,7 @@ from mlflow.tracking import fluent
 import pokediff
 from pokediff.config import Params, flatten
 from pokediff.data.fetch import file_sha256
+from pokediff.stopping import Stopped, signal_name
 from pokediff.tracking.served_model import log_and_register_model
 from pokediff.tracking.store import (
     MODEL_NAME,
@@ -75,6 +76,8 @@ class TrainingRun:
         self.buffer: list[Metric] = []
         self.last_step = 0
         self.grid_artifact: str | None = None
+        self.status = "RUNNING"  # MLflow's run status, as mlflow_run.json reports it
+        self.stopped: str | None = None  # the stop signal's one line, when one ended the run
         self._http_env = quick_http(TRAINING_HTTP_ENV)
 
     # -- lifecycle
@@ -124,21 +127,30 @@ class TrainingRun:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
+            self.status = "FINISHED" if exc_type is None else (
+                "KILLED" if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+            if isinstance(exc, Stopped):  # a stop signal: the checkpoint holds the work, the run is partial
+                self.stopped = exc.message or f"stopped by {signal_name(exc.signum)}"
+                self._call(mlflow.set_tags, {"pokediff.training": "partial", "pokediff.stopped": self.stopped})
             if self.broken_since is not None and not self._reconnect():
                 self._abandon_run()
                 return
-            self._call(mlflow.end_run, status=status)
+            self._call(mlflow.end_run, status=self.status)
             if self.broken_since is not None:
                 self._abandon_run()  # end_run failed: drop the fluent run so nothing retries later
+            else:
+                self._write_run_info()
         finally:
             self._restore()
 
     def _write_run_info(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        complete = self.broken_since is None and self.stopped is None
         info = {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": mlflow.get_tracking_uri(),
-                "model_name": MODEL_NAME, "model_version": self.model_version,
-                "tracking": "complete" if self.broken_since is None else "partial"}
+                "model_name": MODEL_NAME, "model_version": self.model_version, "status": self.status,
+                "tracking": "complete" if complete else "partial"}
+        if self.stopped is not None:
+            info["stopped"] = self.stopped
         (self.out_dir / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
     def _log_dataset(self) -> None:
@@ -268,6 +280,7 @@ class TrainingRun:
         if "steps" in summary:  # the steps reached: below train.steps when a wall-clock budget stopped the run
             self._call(mlflow.set_tags, {"pokediff.steps_reached": summary["steps"],
                                          "pokediff.stopped_by_budget": bool(summary.get("stopped_by_budget"))})
+        self._call(mlflow.set_tag, "pokediff.training", "complete")  # also after a stopped run was resumed
         self._call(mlflow.set_tag, "mlflow.note.content",
                    describe_training(self.params, summary, self.model_version, self.grid_artifact))
         self._write_run_info()

@@ -16,10 +16,11 @@ from typing import Any
 from urllib.parse import unquote
 
 import mlflow
-import yaml
 from mlflow.exceptions import MlflowException
 
+from pokediff.config import parse_yaml
 from pokediff.errors import PokediffError, shorten
+from pokediff.limits import read_json_text
 from pokediff.team.settings import named, redact_url
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # relative to the project root (see project_root)
@@ -122,6 +123,8 @@ def configure(experiment: str = EXPERIMENT_NAME) -> str:
         store = Path(uri.removeprefix("sqlite:///"))
         store.parent.mkdir(exist_ok=True)
         _project_uri_set = uri
+    if uri.startswith("sqlite:///"):
+        check_sqlite_store(Path(uri.removeprefix("sqlite:///")))
     mlflow.set_tracking_uri(uri)
     try:
         with quick_http():
@@ -139,6 +142,26 @@ def configure(experiment: str = EXPERIMENT_NAME) -> str:
         experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+SQLITE_PROBE_SECONDS = 30  # a concurrent stage may hold the write lock for a commit
+
+
+def check_sqlite_store(store: Path) -> None:
+    """Open the SQLite file of an MLflow store directly, in seconds, before MLflow does: MLflow retries a
+    database it cannot open for about two minutes, logging a warning of several lines per attempt.
+    TrackingError (one line) when it is not a file, not an SQLite database or cannot be opened; a
+    missing file is created empty (MLflow creates its tables in it)."""
+    if store.exists() and not store.is_file():
+        raise TrackingError(f"MLflow store {store} is not a file; move it away or set MLFLOW_TRACKING_URI, "
+                            "or pass --no-track")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{store.resolve().as_uri()}?mode=rwc", uri=True,
+                                                timeout=SQLITE_PROBE_SECONDS)) as db:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        raise TrackingError(f"MLflow store {store} cannot be opened ({shorten(str(exc), 120)}); move it away to "
+                            "start a new store, set MLFLOW_TRACKING_URI, or pass --no-track") from None
 
 
 def error_words(exc: BaseException) -> str:
@@ -223,10 +246,10 @@ def git_commit(cwd: str | Path | None = None) -> str:
 
 def dvc_data_hash(dvc_file: str | Path = "data.dvc") -> str:
     """The md5 that data.dvc pins for data/ (what the raw source was), or "unknown"."""
-    try:
-        outs = yaml.safe_load(_read_small(Path(dvc_file)) or "")["outs"]
+    try:  # the bounded loader: no aliases, no deep nesting (a .dvc file has neither)
+        outs = parse_yaml(_read_small(Path(dvc_file)) or "")["outs"]
         return str(outs[0]["md5"])
-    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+    except (OSError, KeyError, IndexError, TypeError, ValueError):
         return "unknown"
 
 
@@ -236,13 +259,13 @@ def dataset_md5(root: Path | None, dataset_dir: Path) -> str | None:
         return None
     lock = _read_small(root / "dvc.lock")
     try:
-        stages = yaml.safe_load(lock)["stages"] if lock else {}
+        stages = parse_yaml(lock)["stages"] if lock else {}
         wanted = (dataset_dir.resolve() / "images").relative_to(root).as_posix()
         for stage in stages.values():
             for out in stage.get("outs", []):
                 if out.get("path") == wanted and out.get("md5"):
                     return str(out["md5"])
-    except (KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         pass
     return None
 
@@ -262,7 +285,7 @@ def _read_small(path: Path, limit: int = MAX_SMALL_FILE) -> str | None:
 def read_json(path: Path) -> dict[str, Any]:
     text = _read_small(Path(path))
     try:
-        value = json.loads(text) if text else {}
+        value = read_json_text(text, str(path)) if text else {}
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}

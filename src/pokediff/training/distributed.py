@@ -64,6 +64,16 @@ def mean_across_ranks(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return x
 
 
+def max_across_ranks(value: int, info: DistInfo, device: torch.device) -> int:
+    """The largest of every rank's ``value`` (one small all-reduce, a host sync); ``value`` alone without
+    a process group."""
+    if not info.enabled:
+        return value
+    x = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return int(x.item())
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

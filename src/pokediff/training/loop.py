@@ -32,7 +32,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pokediff.checkpoint import CHECKPOINT_FILE, MODEL_FILE_NAME, TrainingState, save_model_file
+from pokediff import stopping
+from pokediff.checkpoint import (
+    CHECKPOINT_FILE,
+    MODEL_FILE_NAME,
+    NonFiniteStateError,
+    TrainingState,
+    save_model_file,
+)
 from pokediff.config import DiffusionConfig, ModelConfig, TrainConfig
 from pokediff.devices import resolve_device
 from pokediff.errors import PokediffError
@@ -40,6 +47,7 @@ from pokediff.models import UNet
 from pokediff.training import distributed as ddp
 from pokediff.training.budget import WallClockBudget
 from pokediff.training.step import TrainStep, draw_batch
+from pokediff.training.stop import StopPoll, TrainingStopped
 
 LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "images_per_second"]
 
@@ -50,12 +58,18 @@ EvalCallback = Callable[[nn.Module, int], dict[str, float]]
 
 
 class NonFiniteLossError(PokediffError, RuntimeError):
-    def __init__(self, step: int, checkpoint: Path | None):
-        self.step, self.checkpoint = step, checkpoint
-        where = f"; the last good state is in {checkpoint}" if checkpoint else ""
+    """Training met NaN or inf: in the loss at ``step`` (what="loss") or in the state about to be saved
+    at ``step`` (what="weights"). ``checkpoint`` is the last good state of this run (None: there is none);
+    no non-finite state is ever written (pokediff.checkpoint.check_finite)."""
+
+    def __init__(self, step: int, checkpoint: Path | None, good_step: int | None = None, what: str = "loss"):
+        self.step, self.checkpoint, self.good_step = step, checkpoint, good_step
+        found = (f"the loss became non-finite (NaN or inf) at step {step}" if what == "loss" else
+                 f"the weights or optimizer state became non-finite (NaN or inf) by step {step}")
+        where = (f"; the last good state (step {good_step}) is in {checkpoint}" if checkpoint is not None else
+                 "; no good state of this run was saved (nothing non-finite is written)")
         super().__init__(
-            f"training stopped: the loss became non-finite (NaN or inf) at step {step}{where}. "
-            "Lower train.lr, enable train.grad_clip, or use train.precision=fp32."
+            f"training stopped: {found}{where}. Lower train.lr, enable train.grad_clip, or use train.precision=fp32."
         )
 
 
@@ -94,6 +108,9 @@ def train(
     fingerprint: an identifier of (data, configs) stored with each checkpoint; see run_fingerprint.
     stop_after:  stop after this many optimizer steps of *this* call, as if killed (tests, time limits);
                  no final checkpoint is written, so resume starts from the last periodic one.
+    A stop signal (pokediff.stopping, training/stop.py) ends the loop after the current step: the
+    checkpoint is written (not the model file) and TrainingStopped is raised. No state holding NaN or
+    inf is ever written: NonFiniteLossError names the last good checkpoint instead.
     progress:    print a progress line (step/total, loss, images/s, ETA) at a logged step every
                  ``progress_seconds`` and at the last step.
     train_cfg.max_seconds (> 0) ends the loop after the step that crosses that wall-clock budget and saves
@@ -120,37 +137,51 @@ def train(
     end_step = train_cfg.steps if stop_after is None else min(train_cfg.steps, start_step + stop_after)
     log = _TrainLog(out_dir / "train_log.csv", start_step, train_cfg.steps, info, on_log,
                     progress_seconds if progress else None)
+    saved = _Checkpoints(state, ckpt_path, info, start_step)
+    stop_poll = StopPoll(info, device, train_cfg.log_every)
 
     budget = WallClockBudget(train_cfg.max_seconds, info, device)  # train.max_seconds; 0 = never exhausted
 
-    # ---- the loop: one optimizer step per iteration, until train.steps (or stop_after) or the budget
+    # ---- the loop: one optimizer step per iteration, until train.steps (or stop_after) or the budget;
+    # a stop signal ends it after a whole step
     trainer.raw_model.train()
-    step, out_of_time = start_step, False
-    while step < end_step and not out_of_time:
-        batch = draw_batch(data, generator, train_cfg.batch_size, diffusion_cfg.timesteps, train_cfg.hflip, info)
-        loss = trainer.loss(batch)
-        if device.type == "cpu" and not torch.isfinite(loss):
-            # Checked every step on CPU, where reading a scalar costs nothing. The parameters still hold
-            # the state after `step` updates (this loss has not been applied): save it, then stop.
-            raise NonFiniteLossError(step + 1, state.save(ckpt_path, step) if info.is_main else None)
-        trainer.update(loss, step)
-        step += 1
-        log.add(loss)
-        out_of_time = budget.exhausted(step, train_cfg.log_every)
-        last = step == end_step or out_of_time  # a budget stop ends like train.steps: logged, then saved below
-        if step % train_cfg.log_every == 0 or last:
-            log.flush(step, trainer, last, ckpt_path)  # one host sync; raises NonFiniteLossError
-        if info.is_main and step % train_cfg.checkpoint_every == 0 and not last:
-            state.save(ckpt_path, step)
-        if evaluate is not None and info.is_main and train_cfg.eval_every and step % train_cfg.eval_every == 0:
-            log.metrics(step, evaluate(trainer.ema.model, step))
+    step, signum, out_of_time = start_step, None, False
+    with stopping.deferred(repeats_stop_at_once=not info.enabled):
+        while step < end_step and signum is None and not out_of_time:
+            batch = draw_batch(data, generator, train_cfg.batch_size, diffusion_cfg.timesteps, train_cfg.hflip, info)
+            loss = trainer.loss(batch)
+            if device.type == "cpu" and not torch.isfinite(loss):
+                # Checked every step on CPU, where reading a scalar costs nothing. The parameters still hold
+                # the state after `step` updates (this loss has not been applied): save it if it is finite.
+                raise saved.after_non_finite_loss(step + 1, step)
+            trainer.update(loss, step)
+            step += 1
+            log.add(loss)
+            signum = stop_poll(step)
+            out_of_time = budget.exhausted(step, train_cfg.log_every)
+            last = step == end_step or signum is not None or out_of_time  # a budget stop ends like train.steps
+            if step % train_cfg.log_every == 0 or last:
+                log.flush(step, trainer, last, saved)  # one host sync; raises NonFiniteLossError
+            if step % train_cfg.checkpoint_every == 0 and not last:
+                saved.save(step)
+            if evaluate is not None and info.is_main and train_cfg.eval_every and step % train_cfg.eval_every == 0 \
+                    and signum is None:
+                signum = _evaluate(evaluate, trainer.ema.model, step, log, info)
 
-    # ---- the end: final checkpoint and model file (after a budget stop too), unless stopped early as if killed
-    if (stop_after is None or step >= train_cfg.steps or out_of_time) and info.is_main:
-        state.save(ckpt_path, step)
-        save_model_file(model_path, model.state_dict(), trainer.ema.state_dict(), model_cfg, diffusion_cfg, step)
+        # ---- the end: the checkpoint, and the model file only for a finished run (not after stop_after);
+        # a budget stop finishes the call (the LR schedule still spans train.steps, so resume continues it)
+        finished = signum is None and (stop_after is None or step >= train_cfg.steps or out_of_time)
+        if signum is not None and log.pending:  # stopped during an evaluation between two logged steps
+            log.flush(step, trainer, True, saved)
+        if finished or signum is not None:
+            saved.save(step)
+        if finished and info.is_main:
+            save_model_file(model_path, model.state_dict(), trainer.ema.state_dict(), model_cfg, diffusion_cfg, step)
+    signum = signum or stopping.pending()  # also a signal that came during the final save
     ddp.barrier(info)
     ddp.cleanup(info)
+    if signum is not None:
+        raise TrainingStopped(signum, step, train_cfg.steps, ckpt_path if info.is_main else None)
     return TrainResult(
         step=step, checkpoint=ckpt_path, model_file=model_path, log_file=log.path, losses=log.losses,
         images_per_second=log.images_per_second, resumed_from=start_step, seconds=time.perf_counter() - t_start,
@@ -183,6 +214,58 @@ def _join_processes(device: torch.device, batch_size: int) -> tuple[torch.device
             f"train.batch_size ({batch_size}) must be divisible by the number of processes ({info.world_size})"
         )
     return device, info
+
+
+class _Checkpoints:
+    """The training checkpoint (written by the main rank) and the last good state of this run: the step
+    it was resumed from or last saved at. Every write is finite-checked (pokediff.checkpoint), so the
+    file on disk always holds a good state, and an error can name it."""
+
+    def __init__(self, state: TrainingState, path: Path, info: ddp.DistInfo, resumed_from: int):
+        self.state, self.path, self.info = state, path, info
+        self.good_step: int | None = resumed_from or None
+
+    def save(self, step: int) -> None:
+        if not self.info.is_main:
+            return
+        try:
+            self.state.save(self.path, step)
+        except NonFiniteStateError:
+            raise self.non_finite(step, what="weights") from None
+        self.good_step = step
+
+    def after_non_finite_loss(self, step: int, trained_steps: int) -> NonFiniteLossError:
+        """The loss of ``step`` is non-finite: keep the state after ``trained_steps`` updates if it is good."""
+        if self.info.is_main:
+            try:
+                self.state.save(self.path, trained_steps)
+                self.good_step = trained_steps
+            except NonFiniteStateError:
+                pass  # the weights themselves went bad (e.g. a huge learning rate): name the last good file
+        return self.non_finite(step)
+
+    def non_finite(self, step: int, what: str = "loss") -> NonFiniteLossError:
+        good = self.good_step is not None and self.info.is_main
+        return NonFiniteLossError(step, self.path if good else None, self.good_step if good else None, what)
+
+
+def _evaluate(evaluate: EvalCallback, ema_model: nn.Module, step: int, log: _TrainLog,
+              info: ddp.DistInfo) -> int | None:
+    """Run the in-training evaluation; returns a stop signal's number if one came. A single process
+    abandons the evaluation at the first signal (the step is done, and is saved); with several processes
+    it finishes, since the other ranks wait for rank 0 in the next step's all-reduce."""
+    if info.enabled:
+        log.metrics(step, evaluate(ema_model, step))
+        return None
+    try:
+        with stopping.immediate():
+            if stopping.pending() is None:
+                log.metrics(step, evaluate(ema_model, step))
+    except stopping.StoppedAtOnce:
+        raise
+    except stopping.Stopped as stop:
+        return stop.signum
+    return stopping.pending()
 
 
 def _seed_dropout_per_rank(seed: int, start_step: int, info: ddp.DistInfo) -> None:
@@ -227,11 +310,11 @@ class _TrainLog:
         self.pending.append(loss.detach())
         self.window_steps += 1
 
-    def flush(self, step: int, trainer: TrainStep, final: bool, checkpoint: Path) -> None:
+    def flush(self, step: int, trainer: TrainStep, final: bool, saved: _Checkpoints) -> None:
         losses = ddp.mean_across_ranks(torch.stack(self.pending), self.info).tolist()  # one host sync
         bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
-        if bad:  # on GPU: found at the sync; the last periodic checkpoint predates it
-            raise NonFiniteLossError(step - len(losses) + bad[0] + 1, checkpoint if checkpoint.exists() else None)
+        if bad:  # on GPU: found at the sync; the last good checkpoint predates it (saves are finite-checked)
+            raise saved.non_finite(step - len(losses) + bad[0] + 1)
         self.losses.extend(losses)
         self.pending.clear()
         now = time.perf_counter()
