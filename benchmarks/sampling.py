@@ -46,6 +46,7 @@ from benchmarks._common import (
     environment,
     finish_arguments,
     fmt,
+    import_ddpm_pytorch,
     measure_models,
     mfu,
     mfu_cell,
@@ -177,7 +178,8 @@ def _quiet_ddpm_progress_bar():
 def ddpm_pytorch(opts: Options) -> Sampling:
     """``GaussianDiffusion(..., sampling_timesteps=50).sample(batch_size=B)``: the DDIM loop the Trainer
     uses for its sample grids and FID (eta 0, clipped x0, noise from torch's global RNG)."""
-    from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+    ddpm = import_ddpm_pytorch()
+    GaussianDiffusion, Unet = ddpm.GaussianDiffusion, ddpm.Unet
 
     unet = Unet(dim=64, dim_mults=(1, 2, 4, 8), flash_attn=True)
     diffusion = GaussianDiffusion(unet, image_size=opts.resolution, timesteps=1000,

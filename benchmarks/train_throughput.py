@@ -47,6 +47,7 @@ from benchmarks._common import (
     environment,
     finish_arguments,
     fmt,
+    import_ddpm_pytorch,
     measure_models,
     mfu,
     mfu_cell,
@@ -131,8 +132,10 @@ def ddpm_pytorch(opts: Options) -> Workload:
     torch's global RNG, inputs in [0, 1] normalised to [-1, 1] inside. Accelerate's bf16 mixed precision
     is torch.autocast around the forward; here that is the shared autocast context. The EMA copies (first
     100 steps) or lerps (afterwards) once every 10 steps, so the timed windows see its steady cost."""
-    from denoising_diffusion_pytorch import GaussianDiffusion, Unet
     from ema_pytorch import EMA
+
+    ddpm = import_ddpm_pytorch()
+    GaussianDiffusion, Unet = ddpm.GaussianDiffusion, ddpm.Unet
 
     device = opts.device
     unet = Unet(dim=64, dim_mults=(1, 2, 4, 8), flash_attn=True)

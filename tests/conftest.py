@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
+
+# Before torch is imported (libgomp reads it then), as the pokediff CLI does: on a shared machine,
+# spinning OpenMP threads make every CPU test several times slower (pokediff.env.CPU_THREAD_DEFAULTS).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
 
 def tiny_model_config(**overrides):
     """A U-Net of a few hundred thousand parameters on 16x16 images: fast on a 2-core CPU."""
@@ -28,3 +34,84 @@ class PicklePayload:
     def __reduce__(self):
         return exec, (f"open({self.marker!r}, 'w').write('pwned')",)
 
+
+# ----------------------------------------------------------------------------------------------
+# Observing the GPU code paths on a CPU: what the U-Net saw inside its forward (autocast state, memory
+# formats, output dtype) and whether torch.compile really compiled (tests/*/test_*gpu_paths.py)
+# ----------------------------------------------------------------------------------------------
+def _first_spatial_conv(module: nn.Module) -> nn.Conv2d:
+    # a 3x3 kernel: for a 1x1 one, channels_last and contiguous are the same layout
+    return next(m for m in module.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    """Strictly channels_last: (N, C, H, W) with C, H, W > 1 cannot be both this and contiguous."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+@contextlib.contextmanager
+def unet_forward_calls():
+    """Record, for every UNet forward in the block (eager only: a compiled forward runs no Python hooks):
+    autocast on and its dtype for the input's device, x_t and the weights in channels_last, output dtype."""
+    from pokediff.models import UNet
+
+    calls: list[dict] = []
+
+    def before(module: nn.Module, args: tuple) -> None:
+        if isinstance(module, UNet):
+            x = args[0]
+            calls.append({
+                "autocast": torch.is_autocast_enabled(x.device.type),
+                "autocast_dtype": torch.get_autocast_dtype(x.device.type),
+                "input_dtype": x.dtype,
+                "x_channels_last": _channels_last(x),
+                "weights_channels_last": _channels_last(_first_spatial_conv(module).weight),
+            })
+
+    def after(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if isinstance(module, UNet):
+            calls[-1]["output_dtype"] = output.dtype
+
+    handles = [nn.modules.module.register_module_forward_pre_hook(before),
+               nn.modules.module.register_module_forward_hook(after)]
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def shared_inductor_cache(tmp_path_factory) -> Path:
+    """One Inductor cache for every compile test of the session: they compile the same tiny U-Net at the
+    same shapes, so later tests reuse the C++ kernels (and graphs) the first one built. On a 2-core CPU
+    a cold compile of its training step takes 1.5 to 4 minutes, a warm one a fraction of that."""
+    return tmp_path_factory.getbasetemp() / "inductor-cache"
+
+
+@contextlib.contextmanager
+def fresh_compile_state(cache_dir: Path):
+    """Empty Dynamo caches and counters, Inductor's output under ``cache_dir``; yields Dynamo's counters.
+
+    Proof that a call compiled: counters["stats"]["unique_graphs"] (Dynamo captured a graph) and
+    inductor_ran(counters) (Inductor compiled it or found it in its cache; an eager fallback does neither)."""
+    import os
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        yield counters
+    finally:
+        torch._dynamo.reset()
+        if old is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
+def inductor_ran(counters) -> bool:
+    return counters["inductor"]["fxgraph_cache_miss"] + counters["inductor"]["fxgraph_cache_hit"] > 0

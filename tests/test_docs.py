@@ -55,7 +55,7 @@ GENERATED = {
 }
 # Made by installing, fetching or running; not in a fresh checkout, so not checked for existence.
 UNCHECKED_ROOTS = {".venv", "mlruns", "data", ".prefect", ".cache", "dvc_plots", ".dvc/tmp", ".dvc/config.local",
-                   ".team", "team.env"}  # made at run time or by the user (git-ignored)
+                   ".team", "team.env", ".device"}  # made at run time or by the user (git-ignored)
 RUN_TIMEOUT_S = 300
 
 

@@ -19,6 +19,7 @@ AUTO_SPACING = "auto"  # sample.spacing: the sampler's own default below
 DEFAULT_SPACING = {"ddpm": "trailing", "ddim": "trailing", "dpmpp2m": "logsnr"}
 VARIANCES = ("beta_tilde", "beta")  # DDPM's per-step noise: the posterior variance or its upper bound
 ETA_SAMPLERS = ("ddim",)  # the samplers whose noise level eta can set; the others refuse eta != 0
+PRECISIONS = ("auto", "bf16", "fp32")  # train.precision, `pokediff sample --precision`; auto = bf16 on CUDA only
 
 # DDPM's linear schedule at T = 1000; other T scale both ends by 1000 / T, so the last beta stays below 1
 # only for T > 1000 * LINEAR_BETA_END (20): params.yaml is checked against that before any work.

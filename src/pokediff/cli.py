@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     env.set_offline_defaults()
+    env.set_cpu_thread_defaults()  # before any stage imports torch
     env.tune_cpu_allocator()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("POKEDIFF_DEBUG", "") not in ("", "0")

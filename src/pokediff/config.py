@@ -39,6 +39,7 @@ from pokediff.choices import (
     ETA_SAMPLERS,
     LINEAR_MIN_TIMESTEPS,
     LOSS_WEIGHTINGS,
+    PRECISIONS,
     PREDICTIONS,
     SAMPLERS,
     SCHEDULES,
@@ -52,6 +53,7 @@ Prediction = Literal[PREDICTIONS]
 SamplerName = Literal[SAMPLERS]
 Spacing = Literal[SPACINGS]
 LossWeighting = Literal[LOSS_WEIGHTINGS]
+Precision = Literal[PRECISIONS]
 Variant = Literal["normal", "shiny", "back", "female"]
 
 
@@ -218,13 +220,20 @@ class TrainConfig(_Section):
     # Keys that do not change the trained weights (when to log, checkpoint, evaluate; where to write):
     # left out of the checkpoint fingerprint (`weight_settings`), so changing one resumes a run
     # instead of restarting it. Any other key, including one added later, is in the fingerprint.
+    # max_seconds is bookkeeping too: a budget decides where a run stops, not what its weights are at a
+    # given step (the LR schedule spans train.steps either way), so a budget-stopped run resumes.
     BOOKKEEPING: ClassVar[frozenset[str]] = frozenset(
-        {"log_every", "checkpoint_every", "eval_every", "eval_num_samples", "eval_sampler_steps", "out_dir"})
+        {"log_every", "checkpoint_every", "eval_every", "eval_num_samples", "eval_sampler_steps", "out_dir",
+         "max_seconds"})
     # Keys only a conditional model (model.condition != none) uses: an unconditional run's fingerprint
     # leaves them out, so it stays what it was before they existed.
     CONDITIONING: ClassVar[frozenset[str]] = frozenset({"cond_drop", "cond_one_type"})
 
     steps: int = Field(20_000, ge=1)
+    # Wall-clock budget of one `pokediff train` call in seconds (0 = none): training stops after the step
+    # that crosses it, then writes its checkpoint and model file as at train.steps; a resumed run gets a
+    # new budget. The LR schedule still spans train.steps (see pokediff.training.budget).
+    max_seconds: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-4, gt=0.0, le=1.0)  # AdamW moves each weight by about lr per step: above 1 nothing trains
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine decay ends at lr * min_lr_ratio
@@ -234,7 +243,7 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, ge=0.0)  # 0 disables clipping
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     ema_warmup: bool = True  # decay ramps up as min(ema_decay, (1 + step) / (10 + step))
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
     channels_last: bool = False
     hflip: bool = True

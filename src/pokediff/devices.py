@@ -6,6 +6,7 @@ import contextlib
 
 import torch
 
+from pokediff.choices import PRECISIONS
 from pokediff.errors import UsageError, shorten
 
 
@@ -34,8 +35,14 @@ def resolve_device(device: str | torch.device | None = "auto", option: str = "de
     return resolved
 
 
-def autocast_for(device: torch.device, precision: str = "auto"):
-    """bf16 autocast on CUDA ("auto" or "bf16"), plain fp32 otherwise (train.precision's meaning)."""
+def autocast_for(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """The mixed-precision context for a network call on ``device``.
+
+    "bf16": bf16 autocast on any device (on CPU too, which is how the tests run the GPU path);
+    "auto": bf16 autocast on CUDA, plain fp32 elsewhere; "fp32": plain fp32. Under autocast the convolutions,
+    linears and attention run in bf16 while the weights, normalisation and the loss stay float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -18,6 +18,21 @@ OFFLINE_DEFAULTS = {
 }
 
 
+# OpenMP threads that find no work sleep instead of spinning. With spinning (libgomp's default), a
+# process with 2 intra-op threads on a 2-core machine that is also running anything else spends its
+# share waiting for a descheduled sibling: the main job's training step measured 0.7 img/s with 2
+# threads against 2.8 with 1, and two such processes 0.5 + 0.5 img/s. With PASSIVE: 3.0, and 2.0 + 2.1
+# (benchmarks/cpu_threads.py; RESULTS.md, "CPU threads"). libgomp reads it when torch is loaded, so it
+# is set before any torch import (cli.main); OMP_WAIT_POLICY=ACTIVE in the environment restores spinning.
+CPU_THREAD_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def set_cpu_thread_defaults() -> None:
+    """Set CPU_THREAD_DEFAULTS unless the user chose a value; effective only before torch is imported."""
+    for key, value in CPU_THREAD_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 def set_offline_defaults() -> None:
     """Set the telemetry/offline switches unless the user already chose a value."""
     for key, value in OFFLINE_DEFAULTS.items():

@@ -53,17 +53,43 @@ def image_labels(model: nn.Module, cfg: SampleConfig) -> list[str] | None:
     return [wanted[i % len(wanted)] for i in range(cfg.num_images)]
 
 
+Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, C, R, R), t (B,)) -> prediction
+
+
+def sampling_network(model: nn.Module, *, channels_last: bool = False, compile: bool = False) -> Network:
+    """What the sampler calls at every step: ``model``, optionally in channels_last memory format and/or
+    torch.compile'd. channels_last converts the model's weights in place and each x_t on the way in
+    (the sampler's own arithmetic keeps whatever layout it is given). A compiled network is built once
+    per call of ``generate``: the sampler passes t as a (B,) tensor, so the graph does not depend on the
+    step and compiles once per batch shape."""
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    network = torch.compile(model) if compile else model
+    if not channels_last:
+        return network
+
+    def call(x: torch.Tensor, t: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:  # labels: (B, K) if conditional
+        return network(x.contiguous(memory_format=torch.channels_last), t, *labels)
+
+    return call
+
+
 def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, cfg: SampleConfig, *, steps: int | None,
              images_dir: str | Path | None = None, grid_path: str | Path | None = None,
              strip_path: str | Path | None = None, grid_max: int = 64,
              type_grid_path: str | Path | None = None,
-             on_batch: Callable[[int, int], None] | None = None) -> Generated:
+             on_batch: Callable[[int, int], None] | None = None, precision: str = "auto",
+             channels_last: bool = False, compile: bool = False) -> Generated:
     """Generate cfg.num_images images in batches of cfg.batch_size, reproducibly from cfg.seed.
 
     One CPU generator feeds every batch, so the images do not depend on the device. Optionally writes
     the PNGs, a grid of the first ``grid_max``, a strip of x0 estimates along the first trajectory and a
     per-type grid (one row per label: its first images; one row "unconditional" for such a model).
-    ``on_batch(done, total)`` is called after each batch (progress lines)."""
+    ``on_batch(done, total)`` is called after each batch (progress lines).
+
+    precision: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32", around the network
+    only: the sampler's arithmetic stays float32 (pokediff.devices.autocast_for). channels_last and
+    compile: see sampling_network; they change speed, not the images (beyond float rounding)."""
     device = next(model.parameters()).device
     labels = image_labels(model, cfg)
     sched = NoiseSchedule(diffusion_cfg.schedule, diffusion_cfg.timesteps)
@@ -79,14 +105,15 @@ def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, cfg: SampleConfig
         if i in keep:
             strip_frames.append(to_uint8(x_t[:8]).cpu())
 
+    network = sampling_network(model, channels_last=channels_last, compile=compile)
     batches, paths, done = [], [], 0
-    with autocast_for(device):
+    with autocast_for(device, precision):
         while done < cfg.num_images:
             n = min(cfg.batch_size, cfg.num_images - done)
-            net = model
+            net = network
             if labels is not None:  # (n, NUM_TYPES) multi-hot; guidance doubles the batch of each call
                 rows = torch.tensor([multi_hot(parse_label(text)) for text in labels[done:done + n]], device=device)
-                net = guided(model, rows, cfg.guidance)
+                net = guided(network, rows, cfg.guidance)
             x = reverse_process(net, sched, (n, ch, res, res), sampler, generator=generator, device=device,
                                 callback=record if (done == 0 and strip_path) else None)
             images = to_uint8(x).cpu()

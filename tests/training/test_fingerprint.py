@@ -29,7 +29,7 @@ def test_fingerprints_equal_those_computed_by_the_previous_code() -> None:
 def test_bookkeeping_keys_are_train_fields_and_leave_the_fingerprint_alone() -> None:
     assert set(TrainConfig.model_fields) >= TrainConfig.BOOKKEEPING, "a bookkeeping name is not a TrainConfig key"
     changed = {"log_every": 1, "checkpoint_every": 7, "eval_every": 0, "eval_num_samples": 2,
-               "eval_sampler_steps": 3, "out_dir": "elsewhere"}
+               "eval_sampler_steps": 3, "out_dir": "elsewhere", "max_seconds": 300.0}
     assert set(changed) == TrainConfig.BOOKKEEPING
     other = SMALL_TRAIN.model_copy(update=changed)
     assert run_fingerprint(IMAGES, SMALL_MODEL, DiffusionConfig(), other) == MAIN_JOB_FINGERPRINT

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pokediff.choices import AUTO_SPACING, SAMPLERS, SPACINGS
+from pokediff.choices import AUTO_SPACING, PRECISIONS, SAMPLERS, SPACINGS
 from pokediff.cli import add_common_arguments
 from pokediff.config import load_params
 from pokediff.errors import UsageError
@@ -57,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images-dir", help="folder for the individual PNGs")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="network precision: auto = bf16 autocast on CUDA, fp32 elsewhere (default: auto)")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last weights and inputs")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network (once per batch shape; pays off for many images)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,7 +124,8 @@ def _sample(args: argparse.Namespace, params, grid_path: Path, images_dir: Path)
     try:
         result = generate(model, diffusion_cfg, cfg, steps=steps, images_dir=images_dir, grid_path=grid_path,
                           strip_path=strip_path, type_grid_path=grid_path.with_name(TYPE_GRID_NAME),
-                          on_batch=progress)
+                          on_batch=progress, precision=args.precision, channels_last=args.channels_last,
+                          compile=args.compile)
     except Stopped as stop:  # each PNG is written whole (pokediff.files); say how far it got
         raise stop.explained(
             f"stopped by {signal_name(stop.signum)} after {written[0]} of {cfg.num_images} images (in {images_dir}/, "
@@ -128,7 +134,8 @@ def _sample(args: argparse.Namespace, params, grid_path: Path, images_dir: Path)
     info = {"source": source, "sampler": cfg.sampler, "steps": result.steps, "eta": cfg.eta,
             "spacing": result.spacing, "num_images": cfg.num_images, "seed": cfg.seed,
             "conditional": result.labels is not None, "types": cfg.types, "guidance": cfg.guidance,
-            "seconds": round(seconds, 2), "images_per_second": round(cfg.num_images / seconds, 3)}
+            "seconds": round(seconds, 2), "images_per_second": round(cfg.num_images / seconds, 3),
+            "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile}
     write_atomic(info_path, json.dumps(info, indent=2) + "\n")
     write_labels_csv(grid_path.parent / LABELS_NAME, images_dir, result)
     conditioned = "" if result.labels is None else (

@@ -173,7 +173,8 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
         if rank != 0:
             return 0
         metrics = {
-            "steps": result.step,
+            "steps": result.step,  # reached: fewer than train.steps when train.max_seconds stopped the run
+            "stopped_by_budget": int(result.stopped_by_budget),  # 0/1: metrics files hold numbers only
             "final_loss": result.losses[-1] if result.losses else None,
             "images_per_second": result.images_per_second,
             "seconds": round(result.seconds, 2),
@@ -188,6 +189,9 @@ def _run_locked(args: argparse.Namespace, params, device, rank: int) -> int:
                                      summary=metrics, grid=out_dir / EVAL_GRID)
             if version is not None:
                 print(f"pokediff train: MLflow run {tracker.run_id}, registered model version {version}")
+    if result.stopped_by_budget:
+        print(f"pokediff train: stopped by the wall-clock budget (train.max_seconds={params.train.max_seconds:g}) "
+              f"at step {result.step} of {params.train.steps}; `pokediff train --resume` continues")
     print(f"pokediff train: {result.step} steps in {result.seconds:.1f} s; model -> {result.model_file}")
     if stopping.pending() is not None:  # under torchrun, a signal that came after the last step
         raise stopping.Stopped(stopping.pending(), "" if rank else

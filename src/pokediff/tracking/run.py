@@ -279,6 +279,10 @@ class TrainingRun:
         self.model_version = self._call(log_and_register_model, model_file, self.run_id)
         if self.model_version is not None:
             self._call(mlflow.set_tag, "pokediff.model_version", self.model_version)
+        summary = summary or {}
+        if "steps" in summary:  # the steps reached: below train.steps when a wall-clock budget stopped the run
+            self._call(mlflow.set_tags, {"pokediff.steps_reached": summary["steps"],
+                                         "pokediff.stopped_by_budget": bool(summary.get("stopped_by_budget"))})
         self._call(mlflow.set_tag, "pokediff.training", "complete")  # also after a stopped run was resumed
         self._call(mlflow.set_tag, "mlflow.note.content",
                    describe_training(self.params, summary or {}, self.model_version, self.grid_artifact, self.run_id))
@@ -297,7 +301,10 @@ def describe_training(params: Params, summary: dict[str, Any], model_version: st
     lines += [f"**pokediff training**: {p.diffusion.schedule} schedule, {p.diffusion.prediction}-prediction, "
               f"U-Net base {p.model.base_channels} x {list(p.model.channel_mults)}, "
               f"{summary.get('steps', p.train.steps)} steps x batch {p.train.batch_size}", ""]
-    rows = [("final loss", summary.get("final_loss")), ("images/s", summary.get("images_per_second")),
+    stopped = (f"wall-clock budget ({p.train.max_seconds:g} s) at step {summary.get('steps')} of {p.train.steps}"
+               if summary.get("stopped_by_budget") else None)
+    rows = [("stopped by", stopped), ("final loss", summary.get("final_loss")),
+            ("images/s", summary.get("images_per_second")),
             ("train seconds", summary.get("seconds")), ("parameters", summary.get("parameters")),
             ("dataset images", summary.get("dataset_images"))]
     lines += ["| | |", "|---|---|"] + [f"| {name} | {_fmt(value)} |" for name, value in rows if value is not None]

@@ -82,3 +82,12 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def any_across_ranks(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (one all-reduce; no-op for one process)."""
+    if not info.enabled:
+        return flag
+    x = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return bool(x.item())

@@ -46,6 +46,7 @@ from pokediff.errors import PokediffError
 from pokediff.models import UNet
 from pokediff.pokemon_types import NUM_TYPES
 from pokediff.training import distributed as ddp
+from pokediff.training.budget import WallClockBudget
 from pokediff.training.step import TrainStep, draw_batch
 from pokediff.training.stop import StopPoll, TrainingStopped
 
@@ -83,6 +84,7 @@ class TrainResult:
     images_per_second: float = float("nan")
     resumed_from: int = 0
     seconds: float = 0.0
+    stopped_by_budget: bool = False  # train.max_seconds ended this call before train.steps
 
 
 def train(
@@ -115,6 +117,8 @@ def train(
     inf is ever written: NonFiniteLossError names the last good checkpoint instead.
     progress:    print a progress line (step/total, loss, images/s, ETA) at a logged step every
                  ``progress_seconds`` and at the last step.
+    train_cfg.max_seconds (> 0) ends the loop after the step that crosses that wall-clock budget and saves
+    as at train.steps; the result says so (stopped_by_budget). See pokediff.training.budget.
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -142,11 +146,14 @@ def train(
     saved = _Checkpoints(state, ckpt_path, info, start_step)
     stop_poll = StopPoll(info, device, train_cfg.log_every)
 
-    # ---- the loop: one optimizer step per iteration; a stop signal ends it after a whole step
+    budget = WallClockBudget(train_cfg.max_seconds, info, device)  # train.max_seconds; 0 = never exhausted
+
+    # ---- the loop: one optimizer step per iteration, until train.steps (or stop_after) or the budget;
+    # a stop signal ends it after a whole step
     trainer.raw_model.train()
-    step, signum = start_step, None
+    step, signum, out_of_time = start_step, None, False
     with stopping.deferred(repeats_stop_at_once=not info.enabled):
-        while step < end_step and signum is None:
+        while step < end_step and signum is None and not out_of_time:
             batch = draw_batch(data, generator, train_cfg.batch_size, diffusion_cfg.timesteps, train_cfg.hflip, info,
                                data_labels, train_cfg)
             loss = trainer.loss(batch)
@@ -158,7 +165,8 @@ def train(
             step += 1
             log.add(loss)
             signum = stop_poll(step)
-            last = step == end_step or signum is not None
+            out_of_time = budget.exhausted(step, train_cfg.log_every)
+            last = step == end_step or signum is not None or out_of_time  # a budget stop ends like train.steps
             if step % train_cfg.log_every == 0 or last:
                 log.flush(step, trainer, last, saved)  # one host sync; raises NonFiniteLossError
             if step % train_cfg.checkpoint_every == 0 and not last:
@@ -167,8 +175,9 @@ def train(
                     and signum is None:
                 signum = _evaluate(evaluate, trainer.ema.model, step, log, info)
 
-        # ---- the end: the checkpoint, and the model file only for a finished run (not after stop_after)
-        finished = signum is None and (stop_after is None or step >= train_cfg.steps)
+        # ---- the end: the checkpoint, and the model file only for a finished run (not after stop_after);
+        # a budget stop finishes the call (the LR schedule still spans train.steps, so resume continues it)
+        finished = signum is None and (stop_after is None or step >= train_cfg.steps or out_of_time)
         if signum is not None and log.pending:  # stopped during an evaluation between two logged steps
             log.flush(step, trainer, True, saved)
         if finished or signum is not None:
@@ -183,6 +192,7 @@ def train(
     return TrainResult(
         step=step, checkpoint=ckpt_path, model_file=model_path, log_file=log.path, losses=log.losses,
         images_per_second=log.images_per_second, resumed_from=start_step, seconds=time.perf_counter() - t_start,
+        stopped_by_budget=step < end_step,
     )
 
 
