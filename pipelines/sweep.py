@@ -132,15 +132,8 @@ def plot_fid_vs_nfe(points: list[dict], path: Path, title: str) -> Path:
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("NFE (U-Net evaluations per image)")
-    ax.set_ylabel("FID (lower is better)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    ax.grid(True, which="both", alpha=0.3)  # minor ticks too: the x axis is logarithmic
+    return _save_fid_plot(plt, fig, ax, title, path)
 
 
 def plot_fid_vs_guidance(points: list[dict], path: Path, title: str) -> Path:
@@ -157,9 +150,14 @@ def plot_fid_vs_guidance(points: list[dict], path: Path, title: str) -> Path:
         for x, y in pts:
             ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("guidance scale w (0 = plain conditional)")
+    ax.grid(True, alpha=0.3)
+    return _save_fid_plot(plt, fig, ax, title, path)
+
+
+def _save_fid_plot(plt, fig, ax, title: str, path: Path) -> Path:
+    """The y axis, title and legend every FID plot shares; writes ``path`` and frees the figure."""
     ax.set_ylabel("FID (lower is better)")
     ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
