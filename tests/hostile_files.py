@@ -163,10 +163,11 @@ def webp_with_frames(frames: int, size: int) -> bytes:
 # ----------------------------------------------------------------------------------------------
 # Model, checkpoint and statistics files
 # ----------------------------------------------------------------------------------------------
-def checkpoint_declaring(mib: int, config: dict | None = None) -> bytes:
+def checkpoint_declaring(mib: int, config: dict | None = None, deflated: bool = True) -> bytes:
     """A pokediff training checkpoint (format tag, step, optional config, one 3-element weight) whose
     weight's storage is a deflated record of `mib` MiB of zeros, the pickle's element count raised to
-    match: 1 MB of file per GB that torch.load allocates."""
+    match: 1 MB of file per GB that torch.load allocates. deflated=False: every entry stored, the
+    storage record still its 12 real bytes (a pickle that lies about its record's size)."""
     import torch
 
     payload = {"format": "pokediff-checkpoint-v2", "step": 1, "model": {"w": torch.zeros(3)}}
@@ -182,7 +183,7 @@ def checkpoint_declaring(mib: int, config: dict | None = None) -> bytes:
             assert data.count(b"K\x03t") == 1, "the pickle's storage size is not where it was"
             data = data.replace(b"K\x03t", b"J" + struct.pack("<i", (mib << 20) // 4) + b"t")
             entries.append((info.filename, zipfile.ZIP_STORED, data, len(data)))
-        elif info.filename.endswith("/data/0"):
+        elif info.filename.endswith("/data/0") and deflated:
             entries.append((info.filename, zipfile.ZIP_DEFLATED, zeros_deflate(mib), mib << 20))
         else:
             entries.append((info.filename, zipfile.ZIP_STORED, data, len(data)))
@@ -246,6 +247,15 @@ def model_file_with_config(path: Path, change) -> Path:
 # ----------------------------------------------------------------------------------------------
 # Real processes, measured
 # ----------------------------------------------------------------------------------------------
+def run_cli_measured(argv: list[str], timeout: float = 600) -> dict:
+    """`pokediff ARGV...` (cli.main) in a fresh interpreter, measured by `run_measured`: its exit
+    'code', its 'stderr' text, 'peak_rss_mb' and 'seconds'."""
+    return run_measured(
+        "import contextlib, io\nfrom pokediff.cli import main\nerr = io.StringIO()\n"
+        f"with contextlib.redirect_stderr(err):\n    code = main({argv!r})\n"
+        "result = {'code': code, 'stderr': err.getvalue()}\n", timeout)
+
+
 def run_measured(code: str, timeout: float = 600) -> dict:
     """Run `code` (which sets `result`, a JSON-able dict) in a fresh interpreter with this checkout's
     pokediff; its result plus 'peak_rss_mb' (VmHWM: ru_maxrss would carry over from this process)

@@ -230,6 +230,22 @@ def test_inf_and_nan_are_refused_for_every_float_key(key, value):
     assert key in message and ("finite number" in message or "must be in" in message), message
 
 
+def test_an_invalid_value_is_named_by_where_it_came_from(tmp_path):
+    # On main every error was labelled with the params file or "params (built-in defaults)", also for a
+    # value that came from -S or a command's own option.
+    expected = "params (-S/--overlay): train.lr: Input should be a finite number (got inf)"
+    assert _error(None, ["train.lr=.inf"]) == expected
+    (tmp_path / "p.yaml").write_text("train: {lr: .inf, steps: 3}\n")
+    assert _error(tmp_path / "p.yaml").startswith(f"{tmp_path / 'p.yaml'}: train.lr: ")
+    mixed = _error(tmp_path / "p.yaml", ["train.batch_size=0"])
+    assert mixed.startswith("params (-S/--overlay): train.batch_size: ")
+    assert f"; {tmp_path / 'p.yaml'}: train.lr: " in mixed
+    with pytest.raises(ConfigError, match=r"^params \(command-line option\): train\.steps: .*\(got 0\)$"):
+        load_params(None, ["train.lr=1e-3"], {"train.steps": 0})
+    # a cross-field rule: a default (model.resolution 64) against an override (data.resolution 16)
+    assert _error(None, ["data.resolution=16"]).startswith("params (built-in defaults, -S/--overlay): ")
+
+
 @pytest.mark.parametrize("key", ["train.seed", "sample.seed", "score.seed"])
 def test_seeds_are_range_checked(key):
     # On main a seed beyond 64 bits passed validation and failed later with an overflow traceback.

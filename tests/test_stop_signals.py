@@ -143,6 +143,8 @@ def test_sigterm_saves_the_step_marks_the_mlflow_run_killed_and_resume_reproduce
     db = sqlite3.connect(tmp_path / "mlruns" / "mlflow.db")
     assert db.execute("select status from runs").fetchall() == [("FINISHED",)], "one run, continued"
     assert db.execute("select value from tags where key = 'pokediff.training'").fetchone() == ("complete",)
+    # the stop's "run the same command with --resume" is not left on the finished run (main kept it)
+    assert db.execute("select value from tags where key = 'pokediff.stopped'").fetchall() == []
     db.close()
 
     # ... and reproduces an uninterrupted run of the same length, loss for loss and weight for weight.

@@ -505,12 +505,17 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any])
     return tree
 
 
-def format_errors(exc: ValidationError, source: str) -> str:
-    """One line: ``<file>: <key>: <what> (got <value>)``, the first few keys, then ``(+N more)``."""
-    parts = []
+def format_errors(exc: ValidationError, source: str, set_by: dict[str, str] | None = None) -> str:
+    """One line: ``<file>: <key>: <what> (got <value>)``, the first few keys, then ``(+N more)``.
+
+    set_by: {dotted key: where its value came from, e.g. "-S/--overlay"} for keys set on top of `source`;
+    an error of such a key is labelled with that instead (`_origin`)."""
+    parts, origins = [], []
     errors = exc.errors()
     for err in errors[:MAX_ERRORS_SHOWN]:
-        key = shorten(".".join(str(p) for p in err["loc"]), 100)
+        dotted = ".".join(str(p) for p in err["loc"])
+        origins.append(_origin(dotted, source, set_by or {}))
+        key = shorten(dotted, 100)
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {shorten(got, 60)})"
         message = err["msg"].removeprefix("Value error, ")
@@ -524,14 +529,30 @@ def format_errors(exc: ValidationError, source: str) -> str:
         else:
             parts.append(f"{key}: {message}{shown}")
     more = f" (+{len(errors) - MAX_ERRORS_SHOWN} more)" if len(errors) > MAX_ERRORS_SHOWN else ""
-    return f"{source}: " + "; ".join(parts) + more
+    shown = [part if i and origin == origins[i - 1] else f"{origin}: {part}"  # name each origin once in a row
+             for i, (origin, part) in enumerate(zip(origins, parts, strict=True))]
+    return "; ".join(shown) + more
 
 
-def params_from_dict(tree: dict[str, Any], source: str = "params") -> Params:
+def _origin(key: str, source: str, set_by: dict[str, str]) -> str:
+    """Where the value behind an error at dotted `key` came from: "params (<where>)" when `set_by` set
+    that key or a section above it, `source` with the setters added when it set only keys below it (a
+    cross-field rule of a section), else `source`."""
+    for dotted, where in set_by.items():
+        if key == dotted or key.startswith(dotted + "."):
+            return f"params ({where})"
+    below = sorted({where for dotted, where in set_by.items() if not key or dotted.startswith(key + ".")})
+    if not below:
+        return source
+    base = source.removeprefix("params (").removesuffix(")") if source.startswith("params (") else source
+    return f"params ({base}, {', '.join(below)})"
+
+
+def params_from_dict(tree: dict[str, Any], source: str = "params", set_by: dict[str, str] | None = None) -> Params:
     try:
         return Params.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc, source)) from None
+        raise ConfigError(format_errors(exc, source, set_by)) from None
 
 
 def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | dict[str, Any] = (),
@@ -550,9 +571,13 @@ def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | 
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
         tree = loaded or {}
     tree = apply_overrides(tree, overrides)
+    set_by = dict.fromkeys(overrides if isinstance(overrides, dict) else (parse_override(o)[0] for o in overrides),
+                           "-S/--overlay")
     if flags:
-        tree = apply_overrides(tree, {k: v for k, v in flags.items() if v is not None})
-    return params_from_dict(tree, source)
+        given = {k: v for k, v in flags.items() if v is not None}
+        tree = apply_overrides(tree, given)
+        set_by.update(dict.fromkeys(given, "command-line option"))
+    return params_from_dict(tree, source, set_by)
 
 
 def write_overrides(path: str | Path, overrides: list[str]) -> Params:

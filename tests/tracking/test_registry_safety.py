@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
@@ -125,6 +126,29 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read(100_000))
 
 
+def _post_huge(port: int, chunked: bool, total: int = 300_000_000) -> tuple[int, dict, int]:
+    """POST a `total`-byte body to /invocations (declared by Content-Length, or chunked), sending only
+    while the server has not answered: (status, answer, body bytes sent before the answer came)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+        length = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"
+        conn.sendall(f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     f"{length}\r\n\r\n".encode())
+        piece = b"a" * (1 << 16)
+        sent = 0
+        while sent < total and not select.select([conn], [], [], 0.01 if sent else 2.0)[0]:
+            try:
+                conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            except OSError:  # the server answered and closed while we were sending
+                break
+            sent += len(piece)
+        head, _, body = conn.recv(1 << 16).partition(b"\r\n\r\n")
+        status = int(head.split()[1])
+        length_line = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+        while length_line and len(body) < int(length_line[0].split(b":")[1]):
+            body += conn.recv(1 << 16)
+    return status, json.loads(body), sent
+
+
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_with_pngs(registry, tmp_path):
     port = _free_port()
@@ -165,6 +189,15 @@ def test_mlflow_models_serve_answers_with_pngs(registry, tmp_path):
         status, answer = _post(f"{base}/invocations", {"dataframe_records": [
             {"num_images": 1, "sampler": "ddim", "steps": 2, "seed": 0, "type": "water", "guidance": 2.0}]})
         assert status == 400 and "this model is unconditional" in answer["message"], answer
+        # A body over the limit is a 413 before it is read: by its Content-Length (nothing of it read),
+        # and chunked (read only up to the limit). On main the 300 MB body was read whole: a 500 or an
+        # out-of-memory worker.
+        for chunked in (False, True):
+            status, answer, sent = _post_huge(port, chunked)
+            assert status == 413 and answer["message"] == "request body larger than 65,536 bytes", answer
+            assert sent < 50_000_000, f"{sent:,} bytes of a 300 MB body were taken before the 413"
+        status, answer = _post(f"{base}/invocations", request)
+        assert status == 200 and len(answer["predictions"]) == 2, "the server still answers"
         print(f"serve: /ping after {started:.1f} s, total {time.perf_counter() - t0:.1f} s")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)

@@ -9,9 +9,11 @@ images (png/jpg/jpeg/webp/gif/svg at most sources.MAX_DEPTH levels deep, hidden 
 by relative path); each file is decoded as ingest decodes it (first frame, alpha composited on white).
 
 Nothing outside the folder is read (pokediff.data.sources.read_in_folder): a manifest row that is
-absolute or climbs out with `..` makes the whole manifest an error (ManifestError, one line), and a file
-that is a link out of the folder (other than into the project's DVC cache), a FIFO or a device is an
-unreadable file: skipped with a warning when training, an error when scoring.
+absolute or climbs out with `..`, or that names a link out of the folder (other than into the project's
+DVC cache), a FIFO or a device, makes the whole manifest an error (ManifestError, one line: a dataset
+whose rows point there is broken or tampered with; the FIFO is never opened). In a folder without a
+manifest such a file, like any undecodable one, is unreadable: skipped with a warning when training,
+an error when scoring.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from pokediff.data.manifest import MANIFEST_NAME, TYPES_COLUMN, ManifestError, r
 from pokediff.data.raster import BadImageError
 from pokediff.data.sources import (
     MAX_DEPTH,
+    LinkRefusedError,
+    NotRegularFileError,
     check_relative,
     display_name,
     is_hidden,
@@ -148,12 +152,16 @@ def load_image_folder(
         kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
         detail = f"{manifest} lists none" if manifest else f"no {kinds} files and no {MANIFEST_NAME}"
         raise NoImagesError(f"{folder}: no images: {detail}")
-    chosen = [paths[i] for i in subset_indices(len(paths), max_images, seed, how)]
     images, kept, skipped = [], [], []
-    for path in chosen:
+    for index in subset_indices(len(paths), max_images, seed, how):
+        path = paths[index]
         try:
             pixels = _read_in(folder, path, resolution)  # (H, W, 3)
         except (BadImageError, OSError) as exc:
+            if manifest is not None and isinstance(exc, (LinkRefusedError, NotRegularFileError)):
+                shown = shorten(display_name(_relative(path, folder)), 80)
+                raise ManifestError(f"{manifest}: row {index + 1}: path {shown!r} is {exc.strerror}; expected a "
+                                    "regular file inside the dataset folder, e.g. images/000000.png") from None
             if on_error == "raise":
                 raise BadImageError(f"{path}: cannot read image ({exc})") from None
             skipped.append(f"{path}: {exc}")

@@ -435,6 +435,10 @@ class LinkRefusedError(OSError):
     """A path component is a symbolic link where none may be followed (its message says which)."""
 
 
+class NotRegularFileError(OSError):
+    """A path names a device, FIFO or socket, which is never read (nor, below a folder, opened)."""
+
+
 @dataclass(frozen=True)
 class FolderItem:
     """One thing `walk_folder` found below a folder."""
@@ -493,20 +497,33 @@ def open_below(folder: str | Path, relative: str) -> int:
     *parents, name = relative.split("/")
     parent = _open_components(folder, parents, relative)
     try:
-        fd = os.open(name, _FILE_FLAGS | _NOFOLLOW, dir_fd=parent)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _refuse_link(relative, name) from None
-        raise OSError(exc.errno, exc.strerror, relative) from None
+        try:  # a FIFO is not even opened (opening one wakes a writer waiting on it); the fstat below
+            mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode  # catches a later swap
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, relative) from None
+        if stat.S_ISLNK(mode):
+            raise _refuse_link(relative, name)
+        if not stat.S_ISREG(mode):
+            raise _not_regular(relative)
+        try:
+            fd = os.open(name, _FILE_FLAGS | _NOFOLLOW, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _refuse_link(relative, name) from None
+            raise OSError(exc.errno, exc.strerror, relative) from None
     finally:
         os.close(parent)
     return _regular_only(fd, relative)
 
 
+def _not_regular(label: str) -> NotRegularFileError:
+    return NotRegularFileError(errno.EINVAL, "not a regular file (a device, FIFO or socket); not read", label)
+
+
 def _regular_only(fd: int, label: str) -> int:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file (a device, FIFO or socket); not read", label)
+        raise _not_regular(label)
     return fd
 
 
@@ -600,6 +617,8 @@ def _open_link_target(folder: str | Path, relative: str) -> int:
     if not any(_inside(target, root) for root in roots):
         raise LinkRefusedError(errno.ELOOP, "a symbolic link to a file outside the folder (and outside the "
                                             "project's DVC cache); not read", relative)
+    if not stat.S_ISREG(os.stat(target, follow_symlinks=False).st_mode):
+        raise _not_regular(relative)
     fd = os.open(target, _FILE_FLAGS | _NOFOLLOW)
     try:
         opened = os.readlink(f"/proc/self/fd/{fd}")

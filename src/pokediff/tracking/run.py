@@ -55,6 +55,7 @@ TRAINING_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUES
 TRAIN_METRICS = ("loss", "lr", "grad_norm", "images_per_second", "eval_fid", "eval_kid_mean")
 QUIET_LOGGERS = ("urllib3.connectionpool", "mlflow.system_metrics")
 MAX_BUFFERED = 200_000  # metric points kept while the store is away (~40 MB at worst)
+STOPPED_TAG = "pokediff.stopped"  # the one line of the stop signal that ended a run, until --resume finishes it
 
 
 class TrainingRun:
@@ -134,7 +135,7 @@ class TrainingRun:
                 "KILLED" if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) else "FAILED")
             if isinstance(exc, Stopped):  # a stop signal: the checkpoint holds the work, the run is partial
                 self.stopped = exc.message or f"stopped by {signal_name(exc.signum)}"
-                self._call(mlflow.set_tags, {"pokediff.training": "partial", "pokediff.stopped": self.stopped})
+                self._call(mlflow.set_tags, {"pokediff.training": "partial", STOPPED_TAG: self.stopped})
             if self.broken_since is not None and not self._reconnect():
                 self._abandon_run()
                 return
@@ -284,10 +285,19 @@ class TrainingRun:
             self._call(mlflow.set_tags, {"pokediff.steps_reached": summary["steps"],
                                          "pokediff.stopped_by_budget": bool(summary.get("stopped_by_budget"))})
         self._call(mlflow.set_tag, "pokediff.training", "complete")  # also after a stopped run was resumed
+        if self.resume:  # the stop's tag told the user to --resume: done now
+            self._call(_clear_tag, self.run_id, STOPPED_TAG)
         self._call(mlflow.set_tag, "mlflow.note.content",
                    describe_training(self.params, summary or {}, self.model_version, self.grid_artifact, self.run_id))
         self._write_run_info()
         return self.model_version
+
+
+def _clear_tag(run_id: str, key: str) -> None:
+    """Delete a run's tag if it has it (MLflow refuses to delete one that does not exist)."""
+    client = mlflow.MlflowClient()
+    if key in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, key)
 
 
 def describe_training(params: Params, summary: dict[str, Any], model_version: str | None,
