@@ -158,7 +158,7 @@ def test_flow_result_names_the_run_the_model_and_the_fid(pipeline_run):
     assert result["model_name"] == "pokemon-ddpm" and result["model_version"] == "1"
     assert len(result["mlflow_run_id"]) == 32
     assert 0 < result["fid"] < 1000
-    assert list(result["stages"]) == ["ingest", "validate", "ref_stats", "train", "sample", "score"]
+    assert list(result["stages"]) == ["ingest", "validate", "ref_stats", "ref_stats_types", "train", "sample", "score"]
     assert all(info["ran"] for info in result["stages"].values())
 
 
@@ -207,8 +207,10 @@ def test_the_log_says_what_runs_when_without_noise(pipeline_run):
     # the end: where the samples, curves, comparisons and runs are
     done = next(line for line in logs if line.startswith("pipeline done: FID "))
     for words in ("outputs/samples/grid.png", "dvc plots show", "make compare", "mlflow ui --backend-store-uri",
-                  "http://127.0.0.1:5000/#/experiments/1/runs/", "http://127.0.0.1:4200/runs/flow-run/"):
+                  "http://127.0.0.1:5000/#/experiments/1/runs/"):
         assert words in done, (words, done)
+    # the Prefect link names the server the flow ran on (here the test harness's, on a free port)
+    assert re.search(r"http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}", done), done
 
 
 def test_a_bad_parameter_fails_with_one_line_naming_it(pipeline_run):
@@ -283,7 +285,8 @@ def test_mlflow_run_params_metrics_tags_and_registry(pipeline_run):
     assert f'<img src="get-artifact?path=progression.png&amp;run_uuid={eval_id}"' in description
     assert f"(#/experiments/{run.info.experiment_id}/runs/{eval_id})" in description
     flow_run_id = run.data.tags["pokediff.prefect_flow_run_id"]
-    assert f"Prefect flow run [{flow_run_id[:8]}](http://127.0.0.1:4200/runs/flow-run/{flow_run_id})" in description
+    assert re.search(rf"Prefect flow run \[{flow_run_id[:8]}\]\(http://127\.0\.0\.1:\d+/runs/flow-run/{flow_run_id}\)",
+                     description), description
     images = {a.path.split("/")[1] for a in client.list_artifacts(run.info.run_id, "images")}
     assert any(name.startswith("final_samples") for name in images), images
     assert any(name.startswith("denoising_steps") for name in images), images
@@ -334,8 +337,9 @@ def test_sweep_table_plot_experiments_and_mlflow(pipeline_run):
     logged = {a.path for a in client.list_artifacts(result["mlflow_run_id"], "sweep")}
     assert {"sweep/fid_vs_nfe.png", "sweep/sweep.md", "sweep/sweep.json"} <= logged
     evaluation = client.get_run(points[("dpmpp2m", 4)]["evaluation_run_id"])
-    assert evaluation.data.metrics["nfe"] == 4 and evaluation.data.metrics["fid"] == pytest.approx(
-        points[("dpmpp2m", 4)]["fid"])
+    # MLflow shows FID to 2 decimals (the table's width); the sweep's JSON keeps every digit
+    assert evaluation.data.metrics["nfe"] == 4 and evaluation.data.metrics["fid"] == round(
+        points[("dpmpp2m", 4)]["fid"], 2)
     shown = json.dumps(json.loads(_dvc("exp", "show", "--json", cwd=project)))
     assert all(p["experiment"] in shown for p in points.values())
 
