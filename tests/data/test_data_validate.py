@@ -167,6 +167,9 @@ def test_type_labels_and_per_type_minimums(small_real_dataset: Path, tmp_path: P
     [types] = [o for o in report.outcomes if o.table == "types"]
     present = {t for row in rows[2:] for t in row.types.split(";")}
     assert {row["type"] for row in types.failing} == set(TYPES) - present  # each type short of 1 image named
+    shown = report.summary_text()
+    for row in types.failing[:3]:  # the printed report names each type short of images, not None
+        assert f"      {row['type']}: 0" in shown, shown
     assert report.images_per_type["grass"] == sum("grass" in row.types.split(";") for row in rows[2:])
     metrics = json.loads((tmp_path / "v" / "validation_metrics.json").read_text())
     assert metrics["images_per_type"] == report.images_per_type

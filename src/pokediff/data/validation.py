@@ -67,7 +67,7 @@ class ExpectationOutcome:
     kwargs: dict[str, Any]
     success: bool
     unexpected_count: int | None
-    failing: list[dict[str, Any]]  # rows that broke it: {"path"|"variant": ..., "value": ...}
+    failing: list[dict[str, Any]]  # rows that broke it: {"path"|"variant"|"type": ..., "value": ...}
     observed_value: Any = None
     error: str | None = None  # GX raised while evaluating (counts as a failure)
 
@@ -119,7 +119,7 @@ class ValidationReport:
             if outcome.observed_value is not None and not outcome.failing:
                 lines.append(f"      observed: {outcome.observed_value}")
             for row in outcome.failing[:_SHOWN_PER_EXPECTATION]:
-                key = row.get("path", row.get("variant"))
+                key = next((row[k] for k in ("path", "variant", "type") if k in row), None)  # the table's key column
                 lines.append(f"      {key}: {row.get('value')!r}")
             if len(outcome.failing) > _SHOWN_PER_EXPECTATION:
                 lines.append(f"      ... and {len(outcome.failing) - _SHOWN_PER_EXPECTATION} more")
