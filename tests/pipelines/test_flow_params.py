@@ -43,7 +43,7 @@ def test_bad_override_message_is_one_line(monkeypatch):
 
     monkeypatch.chdir(REPO)
     msg = check_overrides(["train.stepz=3"])
-    assert msg.startswith("invalid flow parameter: params.yaml: train.stepz") and "\n" not in msg
+    assert msg.startswith("invalid flow parameter: params (-S/--overlay): train.stepz") and "\n" not in msg
 
 
 def test_sweep_grid_parsing():
