@@ -161,7 +161,7 @@ def test_train_check_reports_what_it_checked_and_trains_nothing(tmp_path):
     def check(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "pokediff", "train", "--check", "--params", "none",
                                "--overlay", str(SMALL), *args], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=300, env=env)
+                              timeout=300, env=env if env is not None else _without_tracking_uri())
 
     (tmp_path / "params.yaml").write_text("{}\n")  # a project root: the store is tmp_path/mlruns
     r = check()
@@ -179,3 +179,9 @@ def test_train_check_reports_what_it_checked_and_trains_nothing(tmp_path):
         port = s.getsockname()[1]
     r = check(env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
     assert r.returncode == 1 and f"MLflow store http://127.0.0.1:{port} not reachable" in r.stderr, r.stderr
+
+
+def _without_tracking_uri() -> dict[str, str]:
+    """This process's environment without MLFLOW_TRACKING_URI: an earlier test that configured MLflow in this
+    process exported it (mlflow.set_tracking_uri does), and the check must find the project's own store."""
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
