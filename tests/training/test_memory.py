@@ -150,7 +150,14 @@ def test_default_recipe_on_cpu_stops_at_once_with_the_message(tmp_path):
     assert int(code) == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "train.batch_size" in r.stderr and "cpu-small.yaml" in r.stderr
     assert float(seconds) < 30 and not (tmp_path / "run").exists()
-    assert int(peak_kib) < 1024 * 1024, f"peak RSS {int(peak_kib) // 1024} MiB"  # nothing big allocated
+    # Nothing big allocated: the refusal costs little more than importing torch, whose shared libraries
+    # alone are 650-900 MiB of RSS depending on the page cache, so the reference is a process that only
+    # imports torch, measured the same way now. The recipe would need ~27 GiB.
+    ref = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-c", "import torch"],
+                         capture_output=True, text=True, timeout=120)
+    ref_kib = int(ref.stdout.split()[2])
+    extra_mib = (int(peak_kib) - ref_kib) // 1024
+    assert extra_mib < 512, f"peak RSS {int(peak_kib) // 1024} MiB, {extra_mib} MiB above importing torch"
 
 
 @pytest.mark.slow
