@@ -29,8 +29,13 @@ $(BIN)/pokediff: pyproject.toml requirements/lock.txt
 
 install: $(BIN)/pokediff
 
+# Two pytest workers: most of the slow tests wait on servers and subprocesses, so a 2-core machine runs
+# two files at once (--dist loadfile keeps a file's module fixtures, e.g. its servers, on one worker).
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest -q --timeout=1200
+	$(BIN)/python -m pytest -q --timeout=1200 -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # params.yaml is not changed: the run is a DVC experiment (`dvc exp show`), and afterwards only
 # dvc.lock and outputs/ differ.

@@ -13,7 +13,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist the workers share the cores: each takes its part, so two workers on two cores do not
+# fight over four threads.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _workers)))
 
 
 from helpers import tiny_model_config  # noqa: E402  (tests/ is on sys.path: pyproject pythonpath)
