@@ -119,14 +119,22 @@ def _lock(folder: Path, holder: subprocess.Popen) -> None:
 
 @pytest.mark.parametrize(("argv", "locked"), [
     # On main none of these looked at a lock: two of them into one folder wrote over each other.
-    (["sample", "--checkpoint", "none.safetensors", "--out", "s/grid.png"], "s"),
-    (["sample", "--checkpoint", "none.safetensors", "--out", "s/grid.png", "--images-dir", "pngs"], "pngs"),
+    (["sample", "--checkpoint", "tiny.safetensors", "--out", "s/grid.png"], "s"),
+    (["sample", "--checkpoint", "tiny.safetensors", "--out", "s/grid.png", "--images-dir", "pngs"], "pngs"),
     (["score", "--samples", "imgs", "--ref", "none.npz", "--out", "sc/metrics.json", "--device", "cpu"], "sc"),
     (["ref-stats", "--data", "imgs", "--out", "ref/ref_stats.npz", "--device", "cpu"], "ref"),
     (["validate", "--dataset-dir", "imgs", "--out-dir", "val"], "val"),
 ])
 def test_every_command_that_writes_a_folder_takes_its_lock(tmp_path, live_holder, argv, locked):
     (tmp_path / "imgs").mkdir()
+    if argv[0] == "sample":  # sample reads its model before it creates any folder: a real (tiny) one
+        from helpers import tiny_model_config
+        from pokediff.checkpoint import save_model_file
+        from pokediff.config import DiffusionConfig
+        from pokediff.models import UNet
+
+        cfg = tiny_model_config()
+        save_model_file(tmp_path / "tiny.safetensors", UNet(cfg).state_dict(), None, cfg, DiffusionConfig(), 1)
     _lock(tmp_path / locked, live_holder)
     r = _run([*argv, "--params", "none"], tmp_path)
     line = _one_line(r)

@@ -21,6 +21,9 @@ TYPE_INDEX = {name: i for i, name in enumerate(TYPES)}
 MANIFEST_SEPARATOR = ";"  # "fire;flying" in manifest.csv
 REQUEST_SEPARATOR = "/"  # "fire/flying" asked for on the CLI, in params or in a request
 MAX_TYPES_PER_LABEL = 2
+# Written by `pokediff sample` beside the images folder (columns image,type: each image and the label it was
+# asked for), read by the score stage to score each type's samples.
+SAMPLE_LABELS_NAME = "labels.csv"
 
 
 class UnknownTypeError(ValueError):

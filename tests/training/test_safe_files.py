@@ -99,8 +99,10 @@ def test_hostile_pickles_are_refused_without_running(evil):
 def test_cli_sample_and_resume_refuse_hostile_files(evil, tmp_path):
     marker, files = evil
     for path in files.values():
-        r = _pokediff("sample", "--checkpoint", str(path), "--num-images", "1", *TINY, cwd=tmp_path)
+        r = _pokediff("sample", "--checkpoint", str(path), "--num-images", "1", "--out", "shots/grid.png", *TINY,
+                      cwd=tmp_path)
         _one_line_error(r, f"pokediff sample: {path}", "refused")
+        assert not (tmp_path / "shots").exists()  # refused before any output folder is made
 
     # A hostile checkpoint left in an out-dir, picked up by --resume.
     data = tmp_path / "imgs"

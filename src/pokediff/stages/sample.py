@@ -29,9 +29,9 @@ from pokediff.config import load_params
 from pokediff.errors import UsageError
 from pokediff.files import write_atomic
 from pokediff.locks import OutDirLock
+from pokediff.pokemon_types import SAMPLE_LABELS_NAME
 from pokediff.stopping import Stopped, signal_name
 
-LABELS_NAME = "labels.csv"  # beside sample_info.json: image,type
 TYPE_GRID_NAME = "type_grid.png"  # beside grid.png: a row of samples per type
 
 
@@ -83,12 +83,19 @@ def run(args: argparse.Namespace) -> int:
     from pokediff.devices import resolve_device
 
     resolve_device(args.device, "--device")  # DeviceError: one line, exit 2, before anything is written
+    # The model is read (and a hostile or wrong file refused) before any output folder is created.
+    model, diffusion_cfg, source = _load_model(args, params)
+    # ddpm runs all T steps unless steps are asked for on the command line: --steps or -S sample.steps.
+    steps_given = args.steps is not None or any(o.split("=", 1)[0].strip() == "sample.steps" for o in args.overrides)
+    steps = params.sample.steps if (steps_given or params.sample.sampler != "ddpm") else None
+    if steps is not None and steps > diffusion_cfg.timesteps:
+        raise UsageError(f"--steps {steps} exceeds the model's {diffusion_cfg.timesteps} timesteps (sample.steps)")
     # One writer per output folder: the grid's folder (grid, progression.png, sample_info.json) and the
     # images' folder when it lies elsewhere. Two runs into the same --out would interleave their images.
     with contextlib.ExitStack() as locks:
         for folder in _output_folders(grid_path, images_dir):
             locks.enter_context(OutDirLock(folder, "sample"))
-        return _sample(args, params, grid_path, images_dir)
+        return _sample(args, params, model, diffusion_cfg, source, steps, grid_path, images_dir)
 
 
 def _output_folders(grid_path: Path, images_dir: Path) -> list[Path]:
@@ -97,20 +104,21 @@ def _output_folders(grid_path: Path, images_dir: Path) -> list[Path]:
     return [grid_dir] if inside else [grid_dir, images_dir]
 
 
-def _sample(args: argparse.Namespace, params, grid_path: Path, images_dir: Path) -> int:
+def _load_model(args: argparse.Namespace, params):
+    """(model, its diffusion config, where it came from) for --checkpoint, --model or the trained model."""
     from pokediff.checkpoint import MODEL_FILE_NAME
+
+    return load_for_sampling(
+        checkpoint=args.checkpoint or str(Path(params.train.out_dir) / MODEL_FILE_NAME), model_uri=args.model,
+        use_ema=params.sample.use_ema and not args.no_ema, device=args.device,
+    )
+
+
+def _sample(args: argparse.Namespace, params, model, diffusion_cfg, source: str, steps: int | None,
+            grid_path: Path, images_dir: Path) -> int:
     from pokediff.generation import generate
 
     cfg = params.sample
-    model, diffusion_cfg, source = load_for_sampling(
-        checkpoint=args.checkpoint or str(Path(params.train.out_dir) / MODEL_FILE_NAME), model_uri=args.model,
-        use_ema=cfg.use_ema and not args.no_ema, device=args.device,
-    )
-    # ddpm runs all T steps unless steps are asked for on the command line: --steps or -S sample.steps.
-    steps_given = args.steps is not None or any(o.split("=", 1)[0].strip() == "sample.steps" for o in args.overrides)
-    steps = cfg.steps if (steps_given or cfg.sampler != "ddpm") else None
-    if steps is not None and steps > diffusion_cfg.timesteps:
-        raise UsageError(f"--steps {steps} exceeds the model's {diffusion_cfg.timesteps} timesteps (sample.steps)")
     t0 = time.perf_counter()
     written = [0]
 
@@ -129,7 +137,7 @@ def _sample(args: argparse.Namespace, params, grid_path: Path, images_dir: Path)
     except Stopped as stop:  # each PNG is written whole (pokediff.files); say how far it got
         raise stop.explained(
             f"stopped by {signal_name(stop.signum)} after {written[0]} of {cfg.num_images} images (in {images_dir}/, "
-            f"each one whole); no grid, {LABELS_NAME} or {info_path.name} was written") from None
+            f"each one whole); no grid, {SAMPLE_LABELS_NAME} or {info_path.name} was written") from None
     seconds = time.perf_counter() - t0
     info = {"source": source, "sampler": cfg.sampler, "steps": result.steps, "eta": cfg.eta,
             "spacing": result.spacing, "num_images": cfg.num_images, "seed": cfg.seed,
@@ -137,7 +145,7 @@ def _sample(args: argparse.Namespace, params, grid_path: Path, images_dir: Path)
             "seconds": round(seconds, 2), "images_per_second": round(cfg.num_images / seconds, 3),
             "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile}
     write_atomic(info_path, json.dumps(info, indent=2) + "\n")
-    write_labels_csv(grid_path.parent / LABELS_NAME, images_dir, result)
+    write_labels_csv(grid_path.parent / SAMPLE_LABELS_NAME, images_dir, result)
     conditioned = "" if result.labels is None else (
         f", types {', '.join(cfg.types) or 'all in turn'}, guidance {cfg.guidance:g}")
     print(f"pokediff sample: {cfg.num_images} images ({cfg.sampler}, {result.steps} steps{conditioned}) in "

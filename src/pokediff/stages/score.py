@@ -30,6 +30,7 @@ from pokediff.errors import PokediffError
 from pokediff.files import write_atomic
 from pokediff.limits import read_small_json
 from pokediff.locks import OutDirLock
+from pokediff.pokemon_types import SAMPLE_LABELS_NAME
 from pokediff.stopping import Stopped, signal_name
 
 
@@ -117,7 +118,6 @@ def _score(args: argparse.Namespace, params, samples_dir: Path, ref_path: Path, 
 
 
 TYPE_METRICS_NAME = "type_metrics.json"
-LABELS_NAME = "labels.csv"  # written by `pokediff sample` beside the images folder
 MAX_LABELS_BYTES = 16 << 20  # one short row per sample: 2,048 samples are about 40 KB
 
 
@@ -129,7 +129,7 @@ def _score_per_type(samples_dir: Path, paths: list[str], features, ref_dir: Path
     from pokediff.evaluation.evaluator import FIDEvaluator
     from pokediff.evaluation.type_reference import load_type_reference_stats
 
-    labels_file = samples_dir.parent / LABELS_NAME
+    labels_file = samples_dir.parent / SAMPLE_LABELS_NAME
     if not labels_file.is_file():
         return {}
     with labels_file.open("rb") as f:
@@ -195,7 +195,7 @@ def _log_evaluation(params, metrics: dict, metrics_path: Path, samples_dir: Path
     artifacts = [metrics_path, metrics_path.with_name("nearest.csv"), sample_info,
                  sample_dir / "grid.png", sample_dir / "progression.png"]
     # a conditional model's per-type grid, requested labels and per-type scores
-    artifacts += [f for f in (sample_dir / "type_grid.png", sample_dir / LABELS_NAME,
+    artifacts += [f for f in (sample_dir / "type_grid.png", sample_dir / SAMPLE_LABELS_NAME,
                               metrics_path.with_name(TYPE_METRICS_NAME)) if f.is_file()]
     # The evaluation run lasts as long as its work: the sampling (sample_info.json) and this scoring.
     work_seconds = score_seconds + float(info.get("seconds") or 0.0)
