@@ -22,6 +22,18 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _workers)))
 from helpers import tiny_model_config  # noqa: E402  (tests/ is on sys.path: pyproject pythonpath)
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_put_back():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: a test that tracks in-process would hand its
+    temporary store to every later test's subprocesses. Put back what the test found."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture
 def tiny_model_cfg():
     return tiny_model_config()

@@ -19,6 +19,20 @@ def tiny_model_config(**overrides):
     return ModelConfig(**base)
 
 
+def write_noise_pngs(folder: Path, count: int, *, seed: int = 0, size: int = 16, high: int = 256,
+                     name: str = "img{}.png") -> Path:
+    """``count`` RGB PNGs of uniform noise (size x size) in ``folder``: a dataset for CLI tests of the tiny
+    model (the same seed gives the same files)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, high, (size, size, 3), dtype=np.uint8)).save(folder / name.format(i))
+    return folder
+
+
 # `pokediff` overrides for the tiny model above (16x16 images), for CLI tests
 TINY_CLI_OVERRIDES = ["-S", "model.base_channels=16", "-S", "model.channel_mults=[1,2]", "-S", "model.num_res_blocks=1",
                       "-S", "model.attention_resolutions=[8]", "-S", "model.head_channels=8", "-S", "model.groups=8",

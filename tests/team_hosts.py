@@ -26,8 +26,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pokediff.stages.fetch_data import DATA_PINS
-
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 BRIDGE_SUBNET = "10.77.0"  # private: the bridge lives in its own namespace, nothing routes to it
@@ -314,29 +312,4 @@ TINY_RECIPE = [
     "score.num_samples=16", "score.ref_max_images=16", "score.batch_size=16", "score.kid_subset_size=8",
     "score.kid_subsets=5",
 ]
-
-
-def pinned_tarballs() -> list[Path]:
-    """The tarballs data.dvc pins (the sprites and the type labels), fetched once into the test cache."""
-    cache = Path(os.environ.get("POKEDIFF_CACHE_DIR", Path.home() / ".cache" / "pokediff")) / "sprites"
-    subprocess.run([PY, "-m", "pokediff", "fetch-data", "--params", "none", "--raw-dir", str(cache)],
-                   check=True, capture_output=True)
-    return [cache / pin.tarball_name for pin in DATA_PINS]  # the cache may hold other files: name each
-
-
-def project_checkout(dest: Path) -> Path:
-    """What a teammate's `git clone` of this project holds (no outputs, no .venv), and data/ as data.dvc pins it."""
-    dest.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml", "data.dvc", "prefect.yaml", "prefect-team.yaml", "prefect.toml",
-                 ".gitignore", ".dvcignore"):
-        shutil.copy(REPO / name, dest / name)
-    for name in ("src", "pipelines", "configs"):
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (dest / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy(REPO / ".dvc" / name, dest / ".dvc" / name)
-    (dest / "data").mkdir()
-    for tarball in pinned_tarballs():  # exactly what data.dvc pins: anything else makes DVC rewrite it
-        shutil.copy(tarball, dest / "data")
-    return dest
 

@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TINY_CLI_OVERRIDES, tiny_model_config
+from helpers import TINY_CLI_OVERRIDES, tiny_model_config, write_noise_pngs
 from pokediff.locks import LOCK_NAME
 
 POKEDIFF = str(Path(sys.executable).with_name("pokediff"))  # the real console script of this venv
@@ -44,11 +44,7 @@ def _env() -> dict[str, str]:
 def _project(root: Path) -> Path:
     """A project folder (dvc.yaml marks it: MLflow's store is root/mlruns/mlflow.db) with 4 images."""
     (root / "dvc.yaml").write_text("stages: {}\n")
-    images = root / "imgs"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    write_noise_pngs(root / "imgs", 4, seed=0, high=255, name="{}.png")
     return root
 
 

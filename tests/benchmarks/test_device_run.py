@@ -14,7 +14,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -25,15 +24,13 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import device_dataset  # noqa: E402
 from benchmarks.import_guard import pinned_distributions  # noqa: E402
+from helpers import write_noise_pngs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def carry(tmp_path_factory) -> Path:
     """A tiny ingested-like dataset (six 16x16 images), packed as the GPU run carries it."""
-    images = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(images / f"{i:02d}.png")
+    images = write_noise_pngs(tmp_path_factory.mktemp("images"), 6, seed=0, name="{:02d}.png")
     folder = tmp_path_factory.mktemp("carry")
     device_dataset.pack_images(images, folder, resolution=16)
     return folder

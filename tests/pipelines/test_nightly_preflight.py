@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from project_copy import commit_all, project_checkout
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = "pokediff-pool"  # prefect.yaml's work pool
@@ -23,22 +23,12 @@ POOL = "pokediff-pool"  # prefect.yaml's work pool
 
 def _project(dest: Path) -> Path:
     """A git checkout of the project whose committed params.yaml asks for a batch no machine holds."""
-    for name in ("dvc.yaml", "data.dvc", "prefect.yaml", "prefect.toml"):
-        shutil.copy(REPO / name, dest / name)
-    for name in ("src", "pipelines", "configs"):
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (dest / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy(REPO / ".dvc" / name, dest / ".dvc" / name)
-    shutil.copy(REPO / ".gitignore", dest / ".gitignore")
-    params = (REPO / "params.yaml").read_text()
+    project_checkout(dest, data=False)
+    params = (dest / "params.yaml").read_text()
     recipe = re.sub(r"(?m)^(  batch_size:) 128\b", r"\1 65536", params, count=1)  # train.batch_size
     assert yaml.safe_load(recipe)["train"]["batch_size"] == 65536
     (dest / "params.yaml").write_text(recipe)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=dest, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
-    subprocess.run([*git, "commit", "-qm", "a recipe too big for this machine"], cwd=dest, check=True)
+    commit_all(dest, "a recipe too big for this machine")
     # Outputs of an earlier run, which the failed run must not touch.
     for path, data in (("outputs/ref_stats/ref_stats.npz", os.urandom(4096)),
                        ("outputs/dataset/manifest.csv", b"path,species\nimages/0.png,1\n"),

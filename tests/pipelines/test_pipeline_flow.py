@@ -15,15 +15,13 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-
-from pokediff.stages.fetch_data import DATA_PINS
+from project_copy import commit_all, project_checkout
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -35,35 +33,6 @@ TINY = [
     "score.num_samples=24", "score.ref_max_images=24", "score.batch_size=8", "score.kid_subset_size=8",
     "score.kid_subsets=10",
 ]
-
-
-def _pinned_tarballs() -> list[Path]:
-    """The tarballs data.dvc pins (the sprites and the type labels), fetched once into the test cache."""
-    cache = Path(os.environ.get("POKEDIFF_CACHE_DIR", Path.home() / ".cache" / "pokediff")) / "sprites"
-    subprocess.run([sys.executable, "-m", "pokediff", "fetch-data", "--params", "none",
-                    "--raw-dir", str(cache)], check=True, capture_output=True)
-    return [cache / pin.tarball_name for pin in DATA_PINS]  # the cache may hold other files: name each
-
-
-def _project_copy(dest: Path) -> Path:
-    """A fresh git + DVC checkout of this project (what `git clone` gives), with data/ holding exactly what
-    data.dvc pins (anything else there and `dvc commit data.dvc` would rewrite the pin)."""
-    for name in ("dvc.yaml", "params.yaml", "data.dvc", "prefect.yaml", "prefect.toml"):
-        shutil.copy(REPO / name, dest / name)
-    for name in ("src", "pipelines"):
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (dest / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy(REPO / ".dvc" / name, dest / ".dvc" / name)
-    shutil.copy(REPO / ".gitignore", dest / ".gitignore")
-    (dest / "data").mkdir()
-    for tarball in _pinned_tarballs():
-        shutil.copy(tarball, dest / "data")
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=dest, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
-    subprocess.run([*git, "commit", "-qm", "snapshot"], cwd=dest, check=True)
-    return dest
 
 
 def _dvc(*args: str, cwd: Path) -> str:
@@ -117,7 +86,8 @@ def _log_lines(flow_run_id, last: str, wait_s: float = 60) -> list[str]:
 def pipeline_run(tmp_path_factory):
     from prefect.testing.utilities import prefect_test_harness
 
-    project = _project_copy(tmp_path_factory.mktemp("project"))
+    project = project_checkout(tmp_path_factory.mktemp("project"))
+    commit_all(project)
     cwd = os.getcwd()
     os.chdir(project)
     env_before = dict(os.environ)

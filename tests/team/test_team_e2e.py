@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from project_copy import project_checkout
 
 from pokediff.config import load_params, overlay_overrides, write_overrides
-from team_hosts import PY, TINY_RECIPE, Host, Network, Team, free_port, project_checkout, team_root
+from team_hosts import PY, TINY_RECIPE, Host, Network, Team, free_port, team_root
 
 pytestmark = pytest.mark.slow
 HOSTS = ["server", "laptop", "gpu-a", "gpu-b", "mate"]

@@ -10,12 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from helpers import TINY_CLI_OVERRIDES, tiny_model_config
+from helpers import TINY_CLI_OVERRIDES, tiny_model_config, write_noise_pngs
 from pokediff.checkpoint import load_file
 from pokediff.config import DiffusionConfig, TrainConfig
 from pokediff.training import budget as budget_module
@@ -93,11 +91,7 @@ def test_no_budget_and_a_budget_ending_exactly_at_train_steps_are_not_budget_sto
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("pngs")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-    return folder
+    return write_noise_pngs(tmp_path_factory.mktemp("pngs"), 6, seed=0)
 
 
 def _cli(out_dir: Path, image_dir: Path, *extra: str, torchrun: bool = False) -> subprocess.CompletedProcess:

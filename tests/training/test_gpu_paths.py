@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from helpers import (
     TINY_CLI_OVERRIDES,
@@ -29,6 +28,7 @@ from helpers import (
     shared_inductor_cache,
     tiny_model_config,
     unet_forward_calls,
+    write_noise_pngs,
 )
 from pokediff.checkpoint import load_file, load_model
 from pokediff.config import DiffusionConfig, TrainConfig
@@ -127,11 +127,7 @@ DDP_OVERRIDES = ["-S", "train.batch_size=8", "-S", f"train.steps={STEPS}", "-S",
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("pngs")
-    rng = np.random.default_rng(1)
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-    return folder
+    return write_noise_pngs(tmp_path_factory.mktemp("pngs"), 8, seed=1)
 
 
 def _train_cli(out_dir: Path, image_dir: Path, extra: list[str], torchrun: bool,
