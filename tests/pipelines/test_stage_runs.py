@@ -115,7 +115,7 @@ def test_an_interrupted_stage_leaves_the_previous_outputs_and_no_process(project
     assert not (project / "out/data.txt").exists(), "".join(seen)
     os.killpg(proc.pid, signum)
     out = proc.stdout.read()
-    assert proc.wait(timeout=120) != 0
+    assert proc.wait(timeout=120) != 0, "".join(seen) + out  # what each process said, if the signal was lost
     assert (project / "out/data.txt").read_text() == "version 1\n", "".join(seen) + out
     assert "outputs put back" in out, out
     deadline = time.monotonic() + 30
