@@ -124,7 +124,9 @@ class PokediffSampler(PythonModel):
             context.artifacts["weights"], use_ema=True, device=resolve_device(None))
         bound_scoring_server(self.diffusion_cfg.timesteps)
 
-    def predict(self, context, model_input, params=None):
+    # The signature makes MLflow hand requests over as a DataFrame. The hint says so, and it is a type
+    # MLflow infers no schema from: without one, every log and load of the model warns "Add type hints".
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if isinstance(model_input, pd.DataFrame):
             rows = model_input.to_dict(orient="records")
         elif isinstance(model_input, dict):
