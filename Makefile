@@ -50,7 +50,9 @@ pipeline: install
 # The first row is the commit itself, which carries no run (`!`): runs are experiments beside it.
 COMPARE_KEEP ?= fid|kid_mean|train\.steps|sample\.sampler|sample\.steps
 
+# Piped or logged (not a terminal), DVC's table would be cut at 80 columns: it gets 160 unless COLUMNS says.
 compare: install
+	@test -t 1 || export COLUMNS=$${COLUMNS:-160}; \
 	$(BIN)/dvc exp show --no-pager --hide-workspace --drop '.*' --keep '^(Experiment|$(COMPARE_KEEP))$$'
 
 # FID against NFE for the model `make pipeline` trained: ddim 10/25/50, dpmpp2m 10/20, 100 images each
