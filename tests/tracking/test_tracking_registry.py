@@ -184,3 +184,17 @@ def test_dataset_input_summaries_links_and_description(project, monkeypatch):
     assert {a.path for a in client.list_artifacts(run.run_id, "data")} == {"data/ingest_summary.json"}
     note = got.data.tags["mlflow.note.content"]
     assert "| final loss | 0.5 |" in note and "version 1" in note
+
+
+def test_the_run_name_tells_a_conditional_model_from_an_unconditional_one(project):
+    from mlflow import MlflowClient
+
+    from pokediff.tracking.run import TrainingRun
+
+    names = []
+    for condition in ("none", "type"):
+        params = Params.model_validate({"model": {"condition": condition}, "train": {"steps": 600}})
+        with TrainingRun(params, project / condition) as run:
+            run.log_metrics(1, {"loss": 0.5})
+        names.append(MlflowClient().get_run(run.run_id).info.run_name)
+    assert names == ["train-cosine-600", "train-cosine-600-type"]

@@ -119,8 +119,7 @@ class TrainingRun:
                     "pokediff.dvc_data_md5": dvc_data_hash(root / "data.dvc" if root else "data.dvc"),
                     "pokediff.version": pokediff.__version__,
                     "pokediff.device": "cuda" if torch.cuda.is_available() else "cpu", **link_tags()}
-            run = mlflow.start_run(experiment_id=self.experiment_id, tags=tags,
-                                   run_name=f"train-{self.params.diffusion.schedule}-{self.params.train.steps}",
+            run = mlflow.start_run(experiment_id=self.experiment_id, tags=tags, run_name=self._run_name(),
                                    log_system_metrics=self.system_metrics)
             mlflow.log_params(self.params.to_flat_dict())
             self._log_dataset()
@@ -128,6 +127,13 @@ class TrainingRun:
             mlflow.set_tags(link_tags())
         self.run_id = run.info.run_id
         self._write_run_info()
+
+    def _run_name(self) -> str:
+        """train-<schedule>-<steps>, and -type for a type-conditional model: what tells runs apart in the
+        runs table before any column is opened."""
+        p = self.params
+        conditional = "-type" if p.model.condition == "type" else ""
+        return f"train-{p.diffusion.schedule}-{p.train.steps}{conditional}"
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
