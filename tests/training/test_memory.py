@@ -189,6 +189,6 @@ def test_train_check_reports_what_it_checked_and_trains_nothing(tmp_path):
 
 
 def _without_tracking_uri() -> dict[str, str]:
-    """This process's environment without MLFLOW_TRACKING_URI: an earlier test that configured MLflow in this
-    process exported it (mlflow.set_tracking_uri does), and the check must find the project's own store."""
+    """This process's environment without MLFLOW_TRACKING_URI: the check must find the project's own store
+    whatever the shell running the tests has configured (leaks between tests are put back by conftest)."""
     return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

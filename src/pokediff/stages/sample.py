@@ -85,11 +85,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device, "--device")  # DeviceError: one line, exit 2, before anything is written
     # The model is read (and a hostile or wrong file refused) before any output folder is created.
     model, diffusion_cfg, source = _load_model(args, params)
-    # ddpm runs all T steps unless steps are asked for on the command line: --steps or -S sample.steps.
-    steps_given = args.steps is not None or any(o.split("=", 1)[0].strip() == "sample.steps" for o in args.overrides)
-    steps = params.sample.steps if (steps_given or params.sample.sampler != "ddpm") else None
-    if steps is not None and steps > diffusion_cfg.timesteps:
-        raise UsageError(f"--steps {steps} exceeds the model's {diffusion_cfg.timesteps} timesteps (sample.steps)")
+    steps = _sampling_steps(args, params, diffusion_cfg.timesteps)
     # One writer per output folder: the grid's folder (grid, progression.png, sample_info.json) and the
     # images' folder when it lies elsewhere. Two runs into the same --out would interleave their images.
     with contextlib.ExitStack() as locks:
@@ -112,6 +108,16 @@ def _load_model(args: argparse.Namespace, params):
         checkpoint=args.checkpoint or str(Path(params.train.out_dir) / MODEL_FILE_NAME), model_uri=args.model,
         use_ema=params.sample.use_ema and not args.no_ema, device=args.device,
     )
+
+
+def _sampling_steps(args: argparse.Namespace, params, timesteps: int) -> int | None:
+    """The sampler's steps; None = all T. ddpm runs all T unless steps are asked for on the command line
+    (--steps or -S sample.steps); a UsageError for more steps than the model has timesteps."""
+    steps_given = args.steps is not None or any(o.split("=", 1)[0].strip() == "sample.steps" for o in args.overrides)
+    steps = params.sample.steps if (steps_given or params.sample.sampler != "ddpm") else None
+    if steps is not None and steps > timesteps:
+        raise UsageError(f"--steps {steps} exceeds the model's {timesteps} timesteps (sample.steps)")
+    return steps
 
 
 def _sample(args: argparse.Namespace, params, model, diffusion_cfg, source: str, steps: int | None,
